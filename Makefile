@@ -1,0 +1,38 @@
+# One command to set up and run the demo workflow, one to set up and run the tests.
+# Both self-install into .venv on a fresh machine (Python 3.11 + PyPI only).
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.rvi-installed
+CORES ?= 2
+
+.PHONY: setup demo test lint format clean
+
+setup: $(STAMP)
+
+# torch goes first and pinned: the CPU wheel on this machine's disk satisfies it, and no CUDA build
+# is pulled in by a dependency asking for an unpinned torch.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --snakefile workflow/Snakefile --cores $(CORES) --configfile config/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -rs
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/snakemake --snakefile workflow/Snakefile --lint --configfile config/demo.yaml
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf results .snakemake demo_out
