@@ -1,0 +1,5 @@
+"""scvi-tools model classes (registration, train(), user methods); the maths lives in rvi.module."""
+
+from rvi.models._rna import AmbientRegularizedSCVI
+
+__all__ = ["AmbientRegularizedSCVI"]

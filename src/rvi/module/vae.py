@@ -1,0 +1,347 @@
+"""RegularizedVAE: an N-modality VAE with ambient, feature-scaling, dispersion and library priors.
+
+Notation follows model_spec.md: cell n, feature f, modality m, minibatch size B, training-set size N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from torch import nn
+from torch.nn.functional import one_hot
+
+from rvi.nn import Decoder, GaussianEncoder, LibraryEncoder
+from rvi.priors import (
+    AmbientBackground,
+    FeatureScaling,
+    HierarchicalDispersion,
+    LearnedLibrary,
+    ModalityScale,
+    decoder_l2,
+    normal_kl,
+)
+
+CAT_KEY = "rvi_categoricals"
+CONT_KEY = "rvi_continuous"
+
+
+@dataclass
+class ModalityConfig:
+    """Everything the module needs to know about one modality (plain data, saved with the model)."""
+
+    name: str
+    registry_key: str
+    n_features: int
+    n_hidden: int = 512
+    n_latent: int = 128
+    n_layers: int = 1
+    centering_sensitivity: float = 1.0
+    additive_background: bool = False
+    feature_scaling: bool = False
+    # data-driven initial values (lists so that the config stays JSON-friendly)
+    log_lib_mean: list[float] = field(default_factory=lambda: [0.0])
+    log_lib_var: list[float] = field(default_factory=lambda: [1.0])
+    init_theta: list[float] | None = None
+    mean_rate: list[float] | None = None
+    ambient_init: list[list[list[float]]] | None = None
+
+
+def log_nb(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """log GammaPoisson(x; concentration=theta, rate=theta/mu) (negative binomial, var mu + mu^2/theta)."""
+    log_theta_mu = torch.log(theta + mu + eps)
+    return (
+        theta * (torch.log(theta + eps) - log_theta_mu)
+        + x * (torch.log(mu + eps) - log_theta_mu)
+        + torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1)
+    )
+
+
+class RegularizedVAE(BaseModuleClass):
+    """N-modality VAE. Private latent slices per modality, concatenated in alphabetical order of names;
+    every decoder sees the whole z plus the one-hot nn-conditioning covariates.
+
+    Parameters
+    ----------
+    modalities
+        One :class:`ModalityConfig` (or dict) per modality.
+    n_cats_per_cov
+        Number of categories of each column of the joint categorical covariate tensor.
+    covariate_columns
+        Purpose -> column indices into that tensor: ``ambient``, ``nn_conditioning``,
+        ``feature_scaling``, ``encoder`` (lists) and ``dispersion``, ``library_size`` (one or None).
+    """
+
+    def __init__(
+        self,
+        modalities: list[ModalityConfig | dict],
+        n_cats_per_cov: list[int],
+        covariate_columns: dict,
+        n_continuous_cov: int = 0,
+        dropout_rate: float = 0.1,
+        activation: str = "relu",
+        use_layer_norm: bool = True,
+        use_batch_norm: bool = False,
+        encoder_input: str = "log_normalized",
+        normalization_scale: float = 1e4,
+        regularise_background: bool = False,
+        regularise_feature_scaling: bool = True,
+        decoder_l2_weight: float = 0.1,
+        library_prior_var_scale: float = 0.5,
+        learnable_modality_scale: bool = False,
+        dispersion_lambda_shape: float = 9.0,
+        dispersion_lambda_rate: float = 3.0,
+    ):
+        super().__init__()
+        if encoder_input not in ("log_normalized", "log1p"):
+            raise ValueError(f"encoder_input must be 'log_normalized' or 'log1p', got {encoder_input!r}.")
+        mods = [m if isinstance(m, ModalityConfig) else ModalityConfig(**m) for m in modalities]
+        self.modalities = sorted(mods, key=lambda m: m.name)
+        self.modality_names = [m.name for m in self.modalities]
+        self.n_cats_per_cov = list(n_cats_per_cov)
+        self.cols = {k: (list(v) if isinstance(v, list | tuple) else v) for k, v in covariate_columns.items()}
+        self.n_continuous_cov = n_continuous_cov
+        self.encoder_input = encoder_input
+        self.normalization_scale = normalization_scale
+        self.regularise_background = regularise_background
+        self.regularise_feature_scaling = regularise_feature_scaling
+        self.decoder_l2_weight = decoder_l2_weight
+        self.n_latent_total = sum(m.n_latent for m in self.modalities)
+
+        n_cond = sum(self.n_cats_per_cov[j] for j in self.cols.get("nn_conditioning", []))
+        n_enc_cat = sum(self.n_cats_per_cov[j] for j in self.cols.get("encoder", []))
+        fc = {"activation": activation, "use_layer_norm": use_layer_norm, "use_batch_norm": use_batch_norm}
+        disp_col = self.cols.get("dispersion")
+        n_disp = 1 if disp_col is None else self.n_cats_per_cov[disp_col]
+
+        self.encoders, self.library_encoders, self.decoders = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
+        self.dispersion, self.library, self.background, self.scaling = (nn.ModuleDict() for _ in range(4))
+        self.modality_scale = nn.ModuleDict()
+        for m in self.modalities:
+            n_in = m.n_features + n_continuous_cov
+            c = float(torch.log(torch.tensor(m.centering_sensitivity)))
+            self.encoders[m.name] = GaussianEncoder(
+                n_in, m.n_latent, m.n_hidden, m.n_layers, n_cat_in=n_enc_cat, dropout_rate=dropout_rate, **fc
+            )
+            self.library_encoders[m.name] = LibraryEncoder(
+                n_in, centering=c, n_cat_in=n_enc_cat, dropout_rate=dropout_rate, **fc
+            )
+            self.decoders[m.name] = Decoder(
+                self.n_latent_total + n_continuous_cov, m.n_features, m.n_hidden, m.n_layers, n_cat_in=n_cond, **fc
+            )
+            if m.mean_rate is not None:
+                self.decoders[m.name].init_output_bias(torch.tensor(m.mean_rate, dtype=torch.float32))
+            init_theta = None if m.init_theta is None else torch.tensor(m.init_theta, dtype=torch.float32)
+            self.dispersion[m.name] = HierarchicalDispersion(
+                m.n_features, n_disp, dispersion_lambda_shape, dispersion_lambda_rate, init_theta=init_theta
+            )
+            self.library[m.name] = LearnedLibrary(
+                torch.tensor(m.log_lib_mean), torch.tensor(m.log_lib_var), c, library_prior_var_scale
+            )
+            amb_cols = self.cols.get("ambient", [])
+            if m.additive_background and amb_cols:
+                init = None if m.ambient_init is None else [torch.tensor(a) for a in m.ambient_init]
+                self.background[m.name] = AmbientBackground(
+                    m.n_features, [self.n_cats_per_cov[j] for j in amb_cols], init=init
+                )
+            if m.feature_scaling:
+                fs_cols = self.cols.get("feature_scaling", [])
+                self.scaling[m.name] = FeatureScaling(m.n_features, [self.n_cats_per_cov[j] for j in fs_cols])
+            if learnable_modality_scale:
+                self.modality_scale[m.name] = ModalityScale()
+
+    # ------------------------------------------------------------------ helpers
+    def _cat(self, cat: torch.Tensor | None, purpose: str) -> list[torch.Tensor]:
+        cols = self.cols.get(purpose, [])
+        return [cat[:, j].long() for j in cols] if cols else []
+
+    def _one_hot(self, cat: torch.Tensor | None, purpose: str) -> torch.Tensor | None:
+        cols = self.cols.get(purpose, [])
+        if not cols:
+            return None
+        return torch.cat([one_hot(cat[:, j].long(), self.n_cats_per_cov[j]).float() for j in cols], dim=-1)
+
+    def _single(self, cat: torch.Tensor | None, purpose: str) -> torch.Tensor | None:
+        j = self.cols.get(purpose)
+        return None if j is None else cat[:, j].long()
+
+    def _encoder_input(self, x: torch.Tensor, total: torch.Tensor, cont: torch.Tensor | None) -> torch.Tensor:
+        if self.encoder_input == "log_normalized":
+            h = torch.log1p(x / total.clamp(min=1.0)[:, None] * self.normalization_scale)
+        else:
+            h = torch.log1p(x)
+        return h if cont is None else torch.cat([h, cont], dim=-1)
+
+    # ------------------------------------------------------------------ scvi-tools interface
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs):
+        return {
+            "x": {m.name: tensors[m.registry_key] for m in self.modalities},
+            "cat": tensors.get(CAT_KEY),
+            "cont": tensors.get(CONT_KEY),
+        }
+
+    def _get_generative_input(self, tensors, inference_outputs, **kwargs):
+        return {
+            "z": inference_outputs["z"],
+            "log_library": inference_outputs["log_library"],
+            "cat": tensors.get(CAT_KEY),
+            "cont": tensors.get(CONT_KEY),
+        }
+
+    @auto_move_data
+    def inference(self, x: dict[str, torch.Tensor], cat=None, cont=None, n_samples: int = 1, sample: bool = True):
+        """Encode every modality: q(z) slices and q(log l). ``sample=False`` gives posterior means."""
+        enc_cat = self._one_hot(cat, "encoder")
+        out = {"qz_m": {}, "qz_v": {}, "z_parts": {}, "log_library": {}, "ql_m": {}, "ql_v": {}, "total": {}}
+        for m in self.modalities:
+            xm = x[m.name]
+            total = xm.sum(-1)
+            h = self._encoder_input(xm, total, cont)
+            qm, qv = self.encoders[m.name](h, enc_cat)
+            z_m = qm + qv.sqrt() * torch.randn_like(qm) if sample else qm
+            a, b2 = self.library_encoders[m.name](h, enc_cat)
+            lib = self.library[m.name]
+            l_mean, l_var = lib.posterior(total, a, b2, lib.sample_w(sample))
+            log_l = l_mean + l_var.sqrt() * torch.randn_like(l_mean) if sample else l_mean
+            for key, val in (("qz_m", qm), ("qz_v", qv), ("z_parts", z_m), ("log_library", log_l)):
+                out[key][m.name] = val
+            out["ql_m"][m.name], out["ql_v"][m.name], out["total"][m.name] = l_mean, l_var, total
+        out["z"] = torch.cat([out["z_parts"][name] for name in self.modality_names], dim=-1)
+        return out
+
+    def decode_rate(self, z: torch.Tensor, cat, cont, modality: str, include_background: bool = True):
+        """Library-free rate (rho + s) * y of one modality (the decoder half of mu)."""
+        n = z.shape[0]
+        h = z if cont is None else torch.cat([z, cont], dim=-1)
+        rho = self.decoders[modality](h, self._one_hot(cat, "nn_conditioning"))
+        rate = rho
+        if include_background and modality in self.background:
+            rate = rate + self.background[modality](self._cat(cat, "ambient"))
+        if modality in self.scaling:
+            rate = rate * self.scaling[modality](self._cat(cat, "feature_scaling"), n)
+        if modality in self.modality_scale:
+            rate = rate * self.modality_scale[modality]()
+        return rate, rho
+
+    @auto_move_data
+    def generative(self, z, log_library, cat=None, cont=None, sample_theta: bool | None = None):
+        sample_theta = self.training if sample_theta is None else sample_theta
+        disp_group = self._single(cat, "dispersion")
+        out = {"mu": {}, "rho": {}, "theta": {}}
+        for m in self.modalities:
+            rate, rho = self.decode_rate(z, cat, cont, m.name)
+            out["mu"][m.name] = torch.exp(log_library[m.name])[:, None] * rate
+            out["rho"][m.name] = rho
+            out["theta"][m.name] = self.dispersion[m.name].theta(disp_group, z.shape[0], sample_theta)
+        return out
+
+    def global_penalties(self) -> dict[str, torch.Tensor]:
+        """Every prior on parameters shared across cells (not yet divided by n_obs), by name."""
+        terms = {}
+        for m in self.modality_names:
+            for k, v in self.dispersion[m].penalty().items():
+                terms[f"{m}_{k}"] = v
+            terms[f"{m}_library_kl_w"] = self.library[m].kl_w()
+            if self.decoder_l2_weight:
+                terms[f"{m}_decoder_l2"] = decoder_l2(self.decoders[m].weight_matrices(), self.decoder_l2_weight)
+            if m in self.background:
+                terms[f"{m}_background_prior"] = self.background[m].penalty()
+            if m in self.scaling:
+                terms[f"{m}_feature_scaling_prior"] = self.scaling[m].penalty()
+            if m in self.modality_scale:
+                terms[f"{m}_modality_scale_prior"] = self.modality_scale[m].penalty()
+        return terms
+
+    def _in_loss(self, name: str) -> bool:
+        # Penalties that are switched off are still logged, but do not enter the loss.
+        if name.endswith("_background_prior"):
+            return self.regularise_background
+        if name.endswith("_feature_scaling_prior"):
+            return self.regularise_feature_scaling
+        return True
+
+    def loss(
+        self,
+        tensors,
+        inference_outputs,
+        generative_outputs,
+        kl_weight: float = 1.0,
+        n_obs: int | None = None,
+        skip_n_obs_check: bool = False,
+    ) -> LossOutput:
+        """mean_n[recon + kl_weight * KL_z + KL_library] + (global priors) / n_obs.
+
+        ``n_obs`` is the training-set size N; scvi-tools' TrainingPlan injects it because it is a
+        parameter of this method. Validation uses the same N, so both losses share one scale.
+        """
+        x_all = self._get_inference_input(tensors)["x"]
+        batch_size = next(iter(x_all.values())).shape[0]
+        if n_obs is None:
+            raise ValueError(
+                "RegularizedVAE.loss() needs n_obs (the training-set size) to scale the global priors; "
+                "scvi-tools' TrainingPlan injects it. Pass n_obs=<number of training cells> when calling it directly."
+            )
+        if n_obs < batch_size and not skip_n_obs_check:
+            raise ValueError(
+                f"n_obs={n_obs} is smaller than the minibatch ({batch_size} cells): global priors would be "
+                "over-weighted. This usually means n_obs was not injected; pass skip_n_obs_check=True to override."
+            )
+        cat = tensors.get(CAT_KEY)
+        lib_group = self._single(cat, "library_size")
+        recon = torch.zeros(batch_size, device=next(iter(x_all.values())).device)
+        kl_lib = torch.zeros_like(recon)
+        metrics = {}
+        for m in self.modality_names:
+            x = x_all[m]
+            present = (inference_outputs["total"][m] > 0).float()  # cells missing this modality are masked out
+            ll = log_nb(x, generative_outputs["mu"][m], generative_outputs["theta"][m]).sum(-1)
+            rec_m = -ll * present
+            p_m, p_v = self.library[m].prior(lib_group)
+            kl_m = normal_kl(inference_outputs["ql_m"][m], inference_outputs["ql_v"][m], p_m, p_v) * present
+            recon, kl_lib = recon + rec_m, kl_lib + kl_m
+            metrics[f"{m}_reconstruction"] = rec_m.mean().detach()
+            metrics[f"{m}_kl_library"] = kl_m.mean().detach()
+        kl_z = torch.zeros_like(recon)
+        for m in self.modality_names:
+            qm, qv = inference_outputs["qz_m"][m], inference_outputs["qz_v"][m]
+            kl_z_m = normal_kl(qm, qv, torch.zeros_like(qm), torch.ones_like(qv)).sum(-1)
+            metrics[f"{m}_kl_z"] = kl_z_m.mean().detach()
+            kl_z = kl_z + kl_z_m
+
+        penalties = self.global_penalties()
+        global_sum = sum(v for k, v in penalties.items() if self._in_loss(k))
+        loss = torch.mean(recon + kl_weight * kl_z + kl_lib) + global_sum / n_obs
+        for k, v in penalties.items():
+            metrics[k] = v.detach()
+        metrics["global_penalty_scaled"] = (global_sum / n_obs).detach()
+        return LossOutput(
+            loss=loss,
+            reconstruction_loss=recon,
+            kl_local={"kl_z": kl_z, "kl_library": kl_lib},
+            kl_global=global_sum,
+            extra_metrics=metrics,
+        )
+
+    @torch.inference_mode()
+    def sample(self, tensors, n_samples: int = 1):
+        """Draw counts from the posterior predictive, per modality."""
+        inf = self.inference(**self._get_inference_input(tensors))
+        gen = self.generative(**self._get_generative_input(tensors, inf), sample_theta=False)
+        out = {}
+        for m in self.modality_names:
+            mu, theta = gen["mu"][m], gen["theta"][m]
+            rate = torch.distributions.Gamma(theta, theta / mu.clamp(min=1e-8)).sample((n_samples,))
+            out[m] = torch.distributions.Poisson(rate).sample()
+        return out
+
+    def modality_parameters(self, modality: str) -> list[nn.Parameter]:
+        """Parameters that belong to one modality (for per-modality learning rates)."""
+        owners = (self.encoders, self.library_encoders, self.decoders, self.dispersion, self.library)
+        owners += (self.background, self.scaling, self.modality_scale)
+        return [p for owner in owners if modality in owner for p in owner[modality].parameters()]
+
+    def config_dicts(self) -> list[dict]:
+        return [asdict(m) for m in self.modalities]

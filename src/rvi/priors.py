@@ -1,0 +1,205 @@
+"""Structural priors shared by every modality and their penalties.
+
+Each prior owns its parameters and returns its *global* penalty (negative log prior or KL of a
+global variational factor). The module divides the sum of global penalties by the training-set
+size n_obs, never by the minibatch size (model_spec section 4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.functional import softplus
+
+_LOG_2PI = math.log(2 * math.pi)
+# softplus(gamma) / 0.7 == 1 at gamma = softplus^-1(0.7)
+_SCALING_DIVISOR = 0.7
+_SCALING_INIT = math.log(math.expm1(_SCALING_DIVISOR))
+
+
+def gamma_log_prob(x: torch.Tensor, shape: float, rate: float) -> torch.Tensor:
+    """log Gamma(x; shape, rate), shape/rate parameterisation."""
+    return shape * math.log(rate) - math.lgamma(shape) + (shape - 1) * torch.log(x) - rate * x
+
+
+def normal_kl(m_q: torch.Tensor, v_q: torch.Tensor, m_p: torch.Tensor, v_p: torch.Tensor) -> torch.Tensor:
+    """KL(Normal(m_q, v_q) || Normal(m_p, v_p)) with variances, elementwise."""
+    return 0.5 * (torch.log(v_p) - torch.log(v_q) + (v_q + (m_q - m_p) ** 2) / v_p - 1.0)
+
+
+class HierarchicalDispersion(nn.Module):
+    """Inverse dispersion theta_{f,d} with a variational LogNormal and a containment prior.
+
+    q(log theta) = Normal(px_r_mu, exp(px_r_log_sigma)); 1/sqrt(theta) ~ Exponential(lambda_d);
+    lambda_d ~ Gamma(9, 3). The prior density is written in log-theta space (with the Jacobian
+    |d u / d log theta| = u / 2 of u = 1/sqrt(theta)), so the penalty is a proper KL term whose
+    stationary point without data is theta = lambda^2 (= 9 at the Gamma(9, 3) mean of lambda).
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        n_groups: int = 1,
+        lambda_shape: float = 9.0,
+        lambda_rate: float = 3.0,
+        init_theta: torch.Tensor | None = None,
+        init_noise_sd: float = 0.1,
+        init_log_sigma: float = math.log(0.1),
+    ):
+        super().__init__()
+        self.lambda_shape, self.lambda_rate = lambda_shape, lambda_rate
+        equilibrium = (lambda_shape / lambda_rate) ** 2
+        if init_theta is None:
+            centre = torch.full((n_groups, n_features), math.log(equilibrium))
+        else:
+            centre = torch.log(torch.as_tensor(init_theta, dtype=torch.float32)).expand(n_groups, n_features).clone()
+        self.px_r_mu = nn.Parameter(centre + init_noise_sd * torch.randn(n_groups, n_features))
+        self.px_r_log_sigma = nn.Parameter(torch.full((n_groups, n_features), init_log_sigma))
+        self.log_lambda = nn.Parameter(torch.full((n_groups,), math.log(lambda_shape / lambda_rate)))
+
+    def theta(self, group: torch.Tensor | None, n_cells: int, sample: bool) -> torch.Tensor:
+        """theta per cell and feature: a fresh LogNormal draw per entry while training, exp(mu) otherwise."""
+        mu = self.px_r_mu if group is None else self.px_r_mu[group]
+        if not sample:
+            return torch.exp(mu).expand(n_cells, -1)
+        sigma = torch.exp(self.px_r_log_sigma if group is None else self.px_r_log_sigma[group])
+        eps = torch.randn((n_cells, mu.shape[-1]), device=mu.device, dtype=mu.dtype)
+        return torch.exp(mu + sigma * eps)
+
+    def penalty(self) -> dict[str, torch.Tensor]:
+        sigma = torch.exp(self.px_r_log_sigma)
+        log_theta = self.px_r_mu + sigma * torch.randn_like(sigma)
+        lam = torch.exp(self.log_lambda)[:, None]
+        u = torch.exp(-0.5 * log_theta)
+        entropy = (0.5 * (1.0 + _LOG_2PI) + self.px_r_log_sigma).sum()
+        log_prior = (torch.log(lam) - lam * u + math.log(0.5) + torch.log(u)).sum()
+        lambda_prior = gamma_log_prob(torch.exp(self.log_lambda), self.lambda_shape, self.lambda_rate).sum()
+        return {"dispersion_penalty": -entropy - log_prior, "dispersion_lambda_prior": -lambda_prior}
+
+
+class AmbientBackground(nn.Module):
+    """Additive background s_nf = sum over ambient keys of exp(beta_{f, e_k(n)}); prior Gamma(1, 100) on exp(beta)."""
+
+    def __init__(
+        self,
+        n_features: int,
+        n_cats_per_key: list[int],
+        prior_shape: float = 1.0,
+        prior_rate: float = 100.0,
+        init: list[torch.Tensor] | None = None,
+    ):
+        super().__init__()
+        self.prior_shape, self.prior_rate = prior_shape, prior_rate
+        prior_mean = prior_shape / prior_rate
+        betas = []
+        for k, n_cats in enumerate(n_cats_per_key):
+            start = torch.full((n_cats, n_features), prior_mean) if init is None else init[k].clamp(min=1e-8)
+            betas.append(nn.Parameter(torch.log(start.float())))
+        self.beta = nn.ParameterList(betas)
+
+    def forward(self, categories: list[torch.Tensor]) -> torch.Tensor:
+        return sum(torch.exp(beta[cat]) for beta, cat in zip(self.beta, categories))
+
+    def profiles(self) -> list[torch.Tensor]:
+        return [torch.exp(beta) for beta in self.beta]
+
+    def penalty(self) -> torch.Tensor:
+        return -sum(gamma_log_prob(torch.exp(b), self.prior_shape, self.prior_rate).sum() for b in self.beta)
+
+
+class FeatureScaling(nn.Module):
+    """Multiplicative per-feature factor y = prod_k softplus(gamma_k)/0.7 with a tight Gamma(200, 200) prior.
+
+    With no scaling key a single (1, F) fallback factor is used. Several keys multiply, so the
+    product starts at 1.
+    """
+
+    def __init__(self, n_features: int, n_cats_per_key: list[int], prior_shape: float = 200.0, prior_rate=200.0):
+        super().__init__()
+        self.prior_shape, self.prior_rate = prior_shape, prior_rate
+        self.has_keys = len(n_cats_per_key) > 0
+        sizes = n_cats_per_key if self.has_keys else [1]
+        self.gamma = nn.ParameterList([nn.Parameter(torch.full((n, n_features), _SCALING_INIT)) for n in sizes])
+
+    def factors(self) -> list[torch.Tensor]:
+        return [softplus(g) / _SCALING_DIVISOR for g in self.gamma]
+
+    def forward(self, categories: list[torch.Tensor], n_cells: int) -> torch.Tensor:
+        if not self.has_keys:
+            return self.factors()[0].expand(n_cells, -1)
+        out = None
+        for y, cat in zip(self.factors(), categories):
+            out = y[cat] if out is None else out * y[cat]
+        return out
+
+    def penalty(self) -> torch.Tensor:
+        return -sum(gamma_log_prob(y, self.prior_shape, self.prior_rate).sum() for y in self.factors())
+
+
+class LearnedLibrary(nn.Module):
+    """Priors of the learned library size of one modality.
+
+    Residual form: o_n = log(max(sum_f x_nf, 1)) - G + c; log l_n = c + w (o_n - c) + eps_n with
+    eps_n ~ Normal(a_n, b_n^2) from the library encoder and a global shrinkage weight
+    w ~ q(w) = LogNormal(mu_w, sigma_w) (init 0, e^-2), prior w ~ Exponential(1).
+    Prior per library-size group p: log l_n ~ Normal(m_p - G + c, 0.5 v_p).
+    """
+
+    def __init__(self, log_lib_mean: torch.Tensor, log_lib_var: torch.Tensor, centering: float, prior_var_scale=0.5):
+        super().__init__()
+        self.centering = float(centering)
+        self.prior_var_scale = float(prior_var_scale)
+        self.register_buffer("log_lib_mean", torch.as_tensor(log_lib_mean, dtype=torch.float32).reshape(-1))
+        self.register_buffer("log_lib_var", torch.as_tensor(log_lib_var, dtype=torch.float32).reshape(-1))
+        self.w_mu = nn.Parameter(torch.zeros(()))
+        self.w_log_sigma = nn.Parameter(torch.full((), -2.0))
+
+    @property
+    def global_offset(self) -> torch.Tensor:
+        # G: mean over library groups of the mean log library
+        return self.log_lib_mean.mean()
+
+    def residual_offset(self, total: torch.Tensor) -> torch.Tensor:
+        return torch.log(total.clamp(min=1.0)) - self.global_offset + self.centering
+
+    def sample_w(self, sample: bool) -> torch.Tensor:
+        if not sample:
+            return torch.exp(self.w_mu + 0.5 * torch.exp(2 * self.w_log_sigma))
+        return torch.exp(self.w_mu + torch.exp(self.w_log_sigma) * torch.randn((), device=self.w_mu.device))
+
+    def posterior(self, total: torch.Tensor, a: torch.Tensor, b2: torch.Tensor, w: torch.Tensor):
+        """Mean and variance of q(log l_n | w)."""
+        c = self.centering
+        return c + w * (self.residual_offset(total) - c) + a, b2
+
+    def prior(self, group: torch.Tensor | None):
+        mean = self.log_lib_mean if group is None else self.log_lib_mean[group]
+        var = self.log_lib_var if group is None else self.log_lib_var[group]
+        return mean - self.global_offset + self.centering, (self.prior_var_scale * var).clamp(min=1e-3)
+
+    def kl_w(self) -> torch.Tensor:
+        """KL(LogNormal(mu_w, sigma_w) || Exponential(1)) = E[w] - H(q), closed form."""
+        sigma = torch.exp(self.w_log_sigma)
+        entropy = self.w_mu + 0.5 + self.w_log_sigma + 0.5 * _LOG_2PI
+        return torch.exp(self.w_mu + 0.5 * sigma**2) - entropy
+
+
+class ModalityScale(nn.Module):
+    """Optional learnable modality scale softplus(r)/0.7 with a Gamma prior centred at its init (1)."""
+
+    def __init__(self, prior_shape: float = 50.0):
+        super().__init__()
+        self.prior_shape = prior_shape
+        self.r = nn.Parameter(torch.full((), _SCALING_INIT))
+
+    def forward(self) -> torch.Tensor:
+        return softplus(self.r) / _SCALING_DIVISOR
+
+    def penalty(self) -> torch.Tensor:
+        return -gamma_log_prob(self(), self.prior_shape, self.prior_shape)
+
+
+def decoder_l2(weights: list[torch.Tensor], weight: float) -> torch.Tensor:
+    return weight * sum((w**2).sum() for w in weights)
