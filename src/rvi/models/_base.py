@@ -255,3 +255,35 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             index=pd.Index(index, name=key or "group"),
             columns=self._feature_index(modality),
         )
+
+    # ------------------------------------------------------------------ multimodal views
+    def get_modality_latents(self, adata=None, indices=None, batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """The joint latent split into its per-modality slices (alphabetical order of names)."""
+        z = self.get_latent_representation(adata, indices, batch_size=batch_size)
+        out, start = {}, 0
+        for m in self.module.modalities:
+            out[m.name] = z[:, start : start + m.n_latent]
+            start += m.n_latent
+        return out
+
+    def get_modality_attribution(
+        self, adata=None, indices=None, batch_size: int = 256, dims_per_pass: int = 8
+    ) -> pd.DataFrame:
+        """Exact per-cell Jacobian attribution of every decoder to every latent block (forward-mode JVPs).
+
+        See :func:`rvi.models._attribution.modality_attribution` for the columns; ``batch_size`` and
+        ``dims_per_pass`` bound memory (batch_size x features x dims_per_pass floats per decoder).
+        """
+        from rvi.models._attribution import modality_attribution
+
+        return modality_attribution(self, adata, indices, batch_size=batch_size, dims_per_pass=dims_per_pass)
+
+    def plot_attribution_scatter(
+        self, adata, basis: str = "X_umap", attribution: pd.DataFrame | None = None, columns=None, batch_size=256
+    ):
+        """Colour a 2-D embedding (``adata.obsm[basis]``) by the attribution scores; returns the figure."""
+        from rvi.models._attribution import plot_attribution_scatter
+
+        if attribution is None:
+            attribution = self.get_modality_attribution(batch_size=batch_size)
+        return plot_attribution_scatter(adata, attribution, basis=basis, columns=columns)

@@ -1,0 +1,133 @@
+"""Exact modality attribution with forward-mode Jacobian-vector products.
+
+For decoder m the Jacobian J^(m) = d rate^(m) / d z is taken at the posterior mean of z, on the
+library-free rate (rho + s) * y: the per-cell library l_n only rescales rows of J and would make
+attribution track sequencing depth. One JVP per latent dimension gives a column of J exactly (no
+finite differences); columns are reduced on the fly, so memory is O(batch_size x features x
+dims_per_pass) whatever the latent size.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.func import jvp, vmap
+
+
+def _jacobian_columns(fn, z: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """J[:, :, k] for k in dims as a (len(dims), B, F) tensor, by batched forward-mode JVPs."""
+    tangents = torch.zeros((len(dims),) + tuple(z.shape), dtype=z.dtype, device=z.device)
+    for i, k in enumerate(dims):
+        tangents[i, :, k] = 1.0
+
+    def one(t):
+        return jvp(fn, (z,), (t,))[1]
+
+    return vmap(one)(tangents)
+
+
+def attribution_batch(module, tensors: dict, dims_per_pass: int = 8) -> dict[str, torch.Tensor]:
+    """Per-cell attribution of one minibatch (see :func:`modality_attribution`)."""
+    inf = module.inference(**module._get_inference_input(tensors), sample=False)
+    z = inf["z"].detach()
+    cat, cont = tensors.get("rvi_categoricals"), tensors.get("rvi_continuous")
+    n_latent = z.shape[1]
+    out = {"z": z}
+    for m in module.modality_names:
+
+        def rate(z_, m=m):
+            return module.decode_rate(z_, cat, cont, m)[0]
+
+        mean_abs = torch.empty_like(z)
+        sq = torch.empty_like(z)
+        for start in range(0, n_latent, dims_per_pass):
+            dims = list(range(start, min(start + dims_per_pass, n_latent)))
+            cols = _jacobian_columns(rate, z, dims)
+            mean_abs[:, dims] = cols.abs().mean(-1).T
+            sq[:, dims] = (cols**2).sum(-1).T
+        out[f"{m}_mean_abs"] = mean_abs
+        out[f"{m}_sq"] = sq
+    return out
+
+
+def modality_attribution(model, adata=None, indices=None, batch_size: int = 256, dims_per_pass: int = 8):
+    """Attribution scores per cell.
+
+    Returns a DataFrame with, for each decoder m and latent dimension k, ``{m}_absJ_{k}`` = mean_f |J_fk|
+    and ``{m}_weighted_z_{k}`` = z_k * that; for each decoder m and latent block b the Frobenius norm
+    ``frob_{m}_decoder_{b}_block`` = ||J^(m)_{:, b}||_F; per block the decoder-balanced norm
+    ``frob_{b}`` = sqrt(sum_m ||J^(m)_{:, b}||_F^2 / F_m); and ``log2_ratio_{a}_{b}`` = log2(frob_a / frob_b)
+    for each pair of blocks in alphabetical order (``log2_ratio_atac_rna`` for RNA + ATAC).
+    """
+    module = model.module
+    module.eval()
+    adata = model._validate_anndata(adata)
+    blocks, start = {}, 0
+    for m in module.modalities:
+        blocks[m.name] = list(range(start, start + m.n_latent))
+        start += m.n_latent
+    n_feat = {m.name: m.n_features for m in module.modalities}
+    parts = []
+    for tensors in model._batches(adata, indices, batch_size):
+        with torch.no_grad():
+            res = attribution_batch(module, tensors, dims_per_pass)
+        cols = {}
+        balanced = {b: 0.0 for b in blocks}
+        for m in module.modality_names:
+            mean_abs = res[f"{m}_mean_abs"]
+            for k in range(mean_abs.shape[1]):
+                cols[f"{m}_absJ_{k}"] = mean_abs[:, k]
+                cols[f"{m}_weighted_z_{k}"] = res["z"][:, k] * mean_abs[:, k]
+            for b, dims in blocks.items():
+                sq = res[f"{m}_sq"][:, dims].sum(1)
+                cols[f"frob_{m}_decoder_{b}_block"] = sq.sqrt()
+                balanced[b] = balanced[b] + sq / n_feat[m]
+        for b in blocks:
+            cols[f"frob_{b}"] = torch.sqrt(balanced[b])
+        for a, b in itertools.combinations(sorted(blocks), 2):
+            cols[f"log2_ratio_{a}_{b}"] = torch.log2(cols[f"frob_{a}"] / cols[f"frob_{b}"].clamp(min=1e-12))
+        parts.append(pd.DataFrame({k: v.cpu().numpy() for k, v in cols.items()}))
+    frame = pd.concat(parts, ignore_index=True)
+    obs_names = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
+    frame.index = pd.Index(obs_names, name="cell")
+    return frame
+
+
+def plot_attribution_scatter(adata, attribution: pd.DataFrame, basis: str = "X_umap", columns: list[str] | None = None):
+    """UMAP (or any 2-D basis) coloured by attribution scores; returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    if basis not in adata.obsm:
+        raise KeyError(f"Basis {basis!r} not in adata.obsm; available: {list(adata.obsm)}.")
+    if columns is None:
+        columns = [c for c in attribution.columns if c.startswith("log2_ratio_")]
+        columns += [c for c in attribution.columns if c.startswith("frob_") and "_decoder_" not in c]
+    missing = [c for c in columns if c not in attribution.columns]
+    if missing:
+        raise KeyError(f"Attribution columns {missing} not found.")
+    scores = attribution.reindex(adata.obs_names)
+    coords = np.asarray(adata.obsm[basis])[:, :2]
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 4), squeeze=False)
+    for ax, col in zip(axes[0], columns):
+        values = scores[col].to_numpy()
+        diverging = col.startswith("log2_ratio_")
+        lim = np.nanpercentile(np.abs(values), 99) if diverging else None
+        sc = ax.scatter(
+            coords[:, 0],
+            coords[:, 1],
+            c=values,
+            s=3,
+            cmap="RdBu_r" if diverging else "viridis",
+            vmin=-lim if diverging else None,
+            vmax=lim if diverging else None,
+            rasterized=True,
+        )
+        ax.set_title(col)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(sc, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig
