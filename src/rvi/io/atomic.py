@@ -10,6 +10,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(tmp: Path, is_dir: bool) -> None:
+    # mkstemp/mkdtemp create 0600/0700 entries; give the final output the permissions a normal
+    # open() would have (shared cluster folders must stay group-readable).
+    os.chmod(tmp, (0o777 if is_dir else 0o666) & ~_umask())
+
+
 def _tmp_sibling(path: Path, is_dir: bool) -> Path:
     # The temporary lives next to the target so the final rename stays on one filesystem (atomic).
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +44,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _tmp_sibling(path, is_dir=False)
     try:
         yield tmp
+        _publish_mode(tmp, is_dir=False)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -45,6 +58,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _tmp_sibling(path, is_dir=True)
     try:
         yield tmp
+        _publish_mode(tmp, is_dir=True)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

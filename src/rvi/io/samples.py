@@ -1,0 +1,91 @@
+"""Sample sheets: one row per sample, validated before any job starts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import anndata as ad
+import pandas as pd
+
+from rvi.io.tenx import GENE_EXPRESSION, load_sample
+
+REQUIRED_COLUMNS = ("sample", "library", "dataset", "rna_path")
+PATH_COLUMNS = ("rna_path", "fragments_path", "labels_path")
+# Columns that describe files or identity rather than cells; everything else becomes an obs column.
+_NOT_METADATA = ("rna_path", "labels_path", "fragments_path")
+
+
+def read_sample_sheet(path: str | os.PathLike, check_paths: bool = True) -> pd.DataFrame:
+    """Read and validate a sample sheet (.tsv/.txt tab-separated, .csv comma-separated).
+
+    Required columns: sample, library, dataset, rna_path. Optional: fragments_path, labels_path
+    (empty = none) and any metadata (donor, tissue, condition, technical covariates) that
+    :func:`load_sheet_sample` copies into obs. Relative paths are resolved against the sheet's
+    folder and returned absolute. Raises ValueError for missing columns or values, duplicate sample
+    ids, or a library mapped to two datasets; FileNotFoundError for a path that does not exist.
+    The result is indexed by sample.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: sample sheet does not exist")
+    sep = "," if path.suffix.lower() == ".csv" else "\t"
+    sheet = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    sheet.columns = [c.strip() for c in sheet.columns]
+    sheet = sheet.apply(lambda col: col.str.strip())
+    missing = [c for c in REQUIRED_COLUMNS if c not in sheet.columns]
+    if missing:
+        raise ValueError(f"{path}: sample sheet lacks required columns {missing} (has {list(sheet.columns)})")
+    for col in REQUIRED_COLUMNS:
+        empty = sheet.index[sheet[col] == ""].tolist()
+        if empty:
+            raise ValueError(f"{path}: empty {col!r} in rows {[i + 2 for i in empty]} (line numbers)")
+    dup = sorted(sheet.loc[sheet["sample"].duplicated(), "sample"].unique())
+    if dup:
+        raise ValueError(f"{path}: duplicate sample ids {dup}")
+    per_lib = sheet.groupby("library")["dataset"].unique()
+    bad = {lib: sorted(ds) for lib, ds in per_lib.items() if len(ds) > 1}
+    if bad:
+        detail = "; ".join(f"library {lib!r} -> datasets {ds}" for lib, ds in bad.items())
+        raise ValueError(f"{path}: each library must belong to exactly one dataset: {detail}")
+    for col in PATH_COLUMNS:
+        if col not in sheet.columns:
+            sheet[col] = ""
+        resolved = []
+        for sample, value in zip(sheet["sample"], sheet[col]):
+            if value == "":
+                resolved.append("")
+                continue
+            p = Path(value).expanduser()
+            p = p if p.is_absolute() else (path.parent / p)
+            p = Path(os.path.normpath(p.absolute()))
+            if check_paths and not p.exists():
+                raise FileNotFoundError(f"{path}: sample {sample!r}: {col} {value!r} does not exist ({p})")
+            resolved.append(str(p))
+        sheet[col] = resolved
+    return sheet.set_index("sample", drop=False)
+
+
+def load_sheet_sample(
+    sheet: pd.DataFrame,
+    sample: str,
+    label_columns: Sequence[str] = (),
+    feature_type: str | None = GENE_EXPRESSION,
+    layer: str | None = None,
+) -> ad.AnnData:
+    """Load one sample of a sheet from :func:`read_sample_sheet` with its metadata as obs columns."""
+    if sample not in sheet.index:
+        raise KeyError(f"sample {sample!r} not in the sample sheet (has {list(sheet.index)[:10]} ...)")
+    row = sheet.loc[sample]
+    metadata = {k: v for k, v in row.items() if k not in _NOT_METADATA}
+    return load_sample(
+        row["rna_path"],
+        library=row["library"],
+        metadata=metadata,
+        feature_type=feature_type,
+        labels_path=row.get("labels_path") or None,
+        label_columns=label_columns,
+        fragments_path=row.get("fragments_path") or None,
+        layer=layer,
+    )
