@@ -24,6 +24,14 @@ def gamma_log_prob(x: torch.Tensor, shape: float, rate: float) -> torch.Tensor:
     return shape * math.log(rate) - math.lgamma(shape) + (shape - 1) * torch.log(x) - rate * x
 
 
+def gather_rows(table: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """table[index] as a one-hot matmul: its backward is a small matmul instead of a scatter-add over
+    (cells x features), which is several times faster on CPU. A one-row table broadcasts."""
+    if index is None or table.shape[0] == 1:
+        return table[:1]
+    return torch.nn.functional.one_hot(index, table.shape[0]).to(table.dtype) @ table
+
+
 def normal_kl(m_q: torch.Tensor, v_q: torch.Tensor, m_p: torch.Tensor, v_p: torch.Tensor) -> torch.Tensor:
     """KL(Normal(m_q, v_q) || Normal(m_p, v_p)) with variances, elementwise."""
     return 0.5 * (torch.log(v_p) - torch.log(v_q) + (v_q + (m_q - m_p) ** 2) / v_p - 1.0)
@@ -59,14 +67,14 @@ class HierarchicalDispersion(nn.Module):
         self.px_r_log_sigma = nn.Parameter(torch.full((n_groups, n_features), init_log_sigma))
         self.log_lambda = nn.Parameter(torch.full((n_groups,), math.log(lambda_shape / lambda_rate)))
 
-    def theta(self, group: torch.Tensor | None, n_cells: int, sample: bool) -> torch.Tensor:
-        """theta per cell and feature: a fresh LogNormal draw per entry while training, exp(mu) otherwise."""
-        mu = self.px_r_mu if group is None else self.px_r_mu[group]
+    def log_theta(self, group: torch.Tensor | None, n_cells: int, sample: bool) -> torch.Tensor:
+        """log theta per cell and feature: a fresh LogNormal draw per entry while training, mu otherwise."""
+        mu = gather_rows(self.px_r_mu, group)
         if not sample:
-            return torch.exp(mu).expand(n_cells, -1)
-        sigma = torch.exp(self.px_r_log_sigma if group is None else self.px_r_log_sigma[group])
+            return mu.expand(n_cells, -1)
+        sigma = torch.exp(gather_rows(self.px_r_log_sigma, group))
         eps = torch.randn((n_cells, mu.shape[-1]), device=mu.device, dtype=mu.dtype)
-        return torch.exp(mu + sigma * eps)
+        return torch.addcmul(mu, sigma, eps)
 
     def penalty(self) -> dict[str, torch.Tensor]:
         sigma = torch.exp(self.px_r_log_sigma)
@@ -100,7 +108,7 @@ class AmbientBackground(nn.Module):
         self.beta = nn.ParameterList(betas)
 
     def forward(self, categories: list[torch.Tensor]) -> torch.Tensor:
-        return sum(torch.exp(beta[cat]) for beta, cat in zip(self.beta, categories))
+        return sum(gather_rows(torch.exp(beta), cat) for beta, cat in zip(self.beta, categories))
 
     def profiles(self) -> list[torch.Tensor]:
         return [torch.exp(beta) for beta in self.beta]
@@ -128,10 +136,10 @@ class FeatureScaling(nn.Module):
 
     def forward(self, categories: list[torch.Tensor], n_cells: int) -> torch.Tensor:
         if not self.has_keys:
-            return self.factors()[0].expand(n_cells, -1)
+            return self.factors()[0]  # (1, F), broadcast by the caller
         out = None
         for y, cat in zip(self.factors(), categories):
-            out = y[cat] if out is None else out * y[cat]
+            out = gather_rows(y, cat) if out is None else out * gather_rows(y, cat)
         return out
 
     def penalty(self) -> torch.Tensor:

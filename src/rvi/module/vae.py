@@ -48,15 +48,21 @@ class ModalityConfig:
     ambient_init: list[list[list[float]]] | None = None
 
 
-def log_nb(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """log GammaPoisson(x; concentration=theta, rate=theta/mu) (negative binomial, var mu + mu^2/theta)."""
+def log_nb(x: torch.Tensor, mu: torch.Tensor, log_theta: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """log GammaPoisson(x; concentration=theta, rate=theta/mu) (negative binomial, var mu + mu^2/theta).
+
+    Takes log theta, which the LogNormal dispersion posterior samples directly (saves a log per entry).
+    """
+    theta = torch.exp(log_theta)
     log_theta_mu = torch.log(theta + mu + eps)
+    with torch.no_grad():
+        log_x_factorial = torch.lgamma(x + 1)  # constant in the parameters: no graph needed
     return (
-        theta * (torch.log(theta + eps) - log_theta_mu)
+        theta * (log_theta - log_theta_mu)
         + x * (torch.log(mu + eps) - log_theta_mu)
         + torch.lgamma(x + theta)
         - torch.lgamma(theta)
-        - torch.lgamma(x + 1)
+        - log_x_factorial
     )
 
 
@@ -230,12 +236,12 @@ class RegularizedVAE(BaseModuleClass):
     def generative(self, z, log_library, cat=None, cont=None, sample_theta: bool | None = None):
         sample_theta = self.training if sample_theta is None else sample_theta
         disp_group = self._single(cat, "dispersion")
-        out = {"mu": {}, "rho": {}, "theta": {}}
+        out = {"mu": {}, "rho": {}, "log_theta": {}}
         for m in self.modalities:
             rate, rho = self.decode_rate(z, cat, cont, m.name)
             out["mu"][m.name] = torch.exp(log_library[m.name])[:, None] * rate
             out["rho"][m.name] = rho
-            out["theta"][m.name] = self.dispersion[m.name].theta(disp_group, z.shape[0], sample_theta)
+            out["log_theta"][m.name] = self.dispersion[m.name].log_theta(disp_group, z.shape[0], sample_theta)
         return out
 
     def global_penalties(self) -> dict[str, torch.Tensor]:
@@ -297,7 +303,7 @@ class RegularizedVAE(BaseModuleClass):
         for m in self.modality_names:
             x = x_all[m]
             present = (inference_outputs["total"][m] > 0).float()  # cells missing this modality are masked out
-            ll = log_nb(x, generative_outputs["mu"][m], generative_outputs["theta"][m]).sum(-1)
+            ll = log_nb(x, generative_outputs["mu"][m], generative_outputs["log_theta"][m]).sum(-1)
             rec_m = -ll * present
             p_m, p_v = self.library[m].prior(lib_group)
             kl_m = normal_kl(inference_outputs["ql_m"][m], inference_outputs["ql_v"][m], p_m, p_v) * present
@@ -332,7 +338,7 @@ class RegularizedVAE(BaseModuleClass):
         gen = self.generative(**self._get_generative_input(tensors, inf), sample_theta=False)
         out = {}
         for m in self.modality_names:
-            mu, theta = gen["mu"][m], gen["theta"][m]
+            mu, theta = gen["mu"][m], torch.exp(gen["log_theta"][m])
             rate = torch.distributions.Gamma(theta, theta / mu.clamp(min=1e-8)).sample((n_samples,))
             out[m] = torch.distributions.Poisson(rate).sample()
         return out
