@@ -106,7 +106,14 @@ def test_initial_dispersion_and_scaling_at_prior_equilibrium():
     np.testing.assert_allclose(scaling.to_numpy(), 1.0, rtol=1e-5)
     ambient = model.get_ambient_profile()
     assert list(ambient.index) == ["a", "b", "c"]
-    np.testing.assert_allclose(ambient.to_numpy(), 0.01, rtol=1e-5)
+    # default data start: 0.2 x the per-library mean normalised expression (on the centred-library scale)
+    adata = model.adata
+    frac = adata.X.toarray() / adata.X.sum(1)
+    scale = np.exp(model.module.library["rna"].global_offset.item())
+    expected = 0.2 * scale * np.vstack([frac[(adata.obs["lib"] == k).to_numpy()].mean(0) for k in "abc"])
+    np.testing.assert_allclose(ambient.to_numpy(), expected, rtol=1e-4)
+    prior_start = _model(ambient_init="prior").get_ambient_profile()
+    np.testing.assert_allclose(prior_start.to_numpy(), 0.01, rtol=1e-5)
 
 
 def test_dispersion_equilibrium_is_stationary_without_data():

@@ -29,8 +29,14 @@ def _jacobian_columns(fn, z: torch.Tensor, dims: list[int]) -> torch.Tensor:
     return vmap(one)(tangents)
 
 
-def attribution_batch(module, tensors: dict, dims_per_pass: int = 8) -> dict[str, torch.Tensor]:
-    """Per-cell attribution of one minibatch (see :func:`modality_attribution`)."""
+def attribution_batch(
+    module, tensors: dict, dims_per_pass: int = 8, features: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """Per-cell attribution of one minibatch (see :func:`modality_attribution`).
+
+    ``features`` optionally restricts each decoder's Jacobian to a subset of its outputs (index tensors).
+    """
+    features = features or {}
     inf = module.inference(**module._get_inference_input(tensors), sample=False)
     z = inf["z"].detach()
     cat, cont = tensors.get("rvi_categoricals"), tensors.get("rvi_continuous")
@@ -38,8 +44,9 @@ def attribution_batch(module, tensors: dict, dims_per_pass: int = 8) -> dict[str
     out = {"z": z}
     for m in module.modality_names:
 
-        def rate(z_, m=m):
-            return module.decode_rate(z_, cat, cont, m)[0]
+        def rate(z_, m=m, idx=features.get(m)):
+            out = module.decode_rate(z_, cat, cont, m)[0]
+            return out if idx is None else out[:, idx]
 
         mean_abs = torch.empty_like(z)
         sq = torch.empty_like(z)
@@ -53,7 +60,9 @@ def attribution_batch(module, tensors: dict, dims_per_pass: int = 8) -> dict[str
     return out
 
 
-def modality_attribution(model, adata=None, indices=None, batch_size: int = 256, dims_per_pass: int = 8):
+def modality_attribution(
+    model, adata=None, indices=None, batch_size: int = 256, dims_per_pass: int = 8, features: dict | None = None
+):
     """Attribution scores per cell.
 
     Returns a DataFrame with, for each decoder m and latent dimension k, ``{m}_absJ_{k}`` = mean_f |J_fk|
@@ -61,6 +70,8 @@ def modality_attribution(model, adata=None, indices=None, batch_size: int = 256,
     ``frob_{m}_decoder_{b}_block`` = ||J^(m)_{:, b}||_F; per block the decoder-balanced norm
     ``frob_{b}`` = sqrt(sum_m ||J^(m)_{:, b}||_F^2 / F_m); and ``log2_ratio_{a}_{b}`` = log2(frob_a / frob_b)
     for each pair of blocks in alphabetical order (``log2_ratio_atac_rna`` for RNA + ATAC).
+    ``features={modality: [names]}`` restricts a decoder's Jacobian to those outputs (e.g. the regions
+    that separate two cell types).
     """
     module = model.module
     module.eval()
@@ -69,11 +80,18 @@ def modality_attribution(model, adata=None, indices=None, batch_size: int = 256,
     for m in module.modalities:
         blocks[m.name] = list(range(start, start + m.n_latent))
         start += m.n_latent
-    n_feat = {m.name: m.n_features for m in module.modalities}
+    idx = {}
+    for m, names in (features or {}).items():
+        index = model._feature_index(model._modality(m))
+        pos = index.get_indexer(list(names))
+        if (pos < 0).any():
+            raise KeyError(f"Features not in modality {m!r}: {list(np.asarray(names)[pos < 0][:5])}.")
+        idx[m] = torch.as_tensor(pos, device=model.device)
+    n_feat = {m.name: len(idx[m.name]) if m.name in idx else m.n_features for m in module.modalities}
     parts = []
     for tensors in model._batches(adata, indices, batch_size):
         with torch.no_grad():
-            res = attribution_batch(module, tensors, dims_per_pass)
+            res = attribution_batch(module, tensors, dims_per_pass, idx)
         cols = {}
         balanced = {b: 0.0 for b in blocks}
         for m in module.modality_names:

@@ -267,16 +267,19 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         return out
 
     def get_modality_attribution(
-        self, adata=None, indices=None, batch_size: int = 256, dims_per_pass: int = 8
+        self, adata=None, indices=None, batch_size: int = 256, dims_per_pass: int = 8, features: dict | None = None
     ) -> pd.DataFrame:
         """Exact per-cell Jacobian attribution of every decoder to every latent block (forward-mode JVPs).
 
         See :func:`rvi.models._attribution.modality_attribution` for the columns; ``batch_size`` and
-        ``dims_per_pass`` bound memory (batch_size x features x dims_per_pass floats per decoder).
+        ``dims_per_pass`` bound memory (batch_size x features x dims_per_pass floats per decoder);
+        ``features={modality: [names]}`` restricts a decoder to some of its features.
         """
         from rvi.models._attribution import modality_attribution
 
-        return modality_attribution(self, adata, indices, batch_size=batch_size, dims_per_pass=dims_per_pass)
+        return modality_attribution(
+            self, adata, indices, batch_size=batch_size, dims_per_pass=dims_per_pass, features=features
+        )
 
     def plot_attribution_scatter(
         self, adata, basis: str = "X_umap", attribution: pd.DataFrame | None = None, columns=None, batch_size=256

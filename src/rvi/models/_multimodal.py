@@ -97,7 +97,7 @@ class RegularizedMultimodalVI(RVIModelBase):
         additive_background_modalities: list[str] | None = ("rna",),
         feature_scaling_modalities: list[str] | None = ("atac",),
         dispersion_init: str = "prior",
-        ambient_init: str = "prior",
+        ambient_init: str = "data",
         **module_kwargs,
     ):
         super().__init__(mdata)
