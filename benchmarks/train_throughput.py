@@ -111,11 +111,17 @@ def main(argv=None):
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"  {variant}: {results[-1]['epoch_s']:.2f} s/epoch", file=sys.stderr)
     by = {v: [r for r in results if r["variant"] == v] for v in ("scvi", "rvi")}
-    summary = {v: {k: float(np.mean([r[k] for r in rs])) for k in ("epoch_s", "cells_per_s", "peak_rss_gb")} for v, rs in by.items()}
+    summary = {
+        v: {k: float(np.mean([r[k] for r in rs])) for k in ("epoch_s", "cells_per_s", "peak_rss_gb")}
+        for v, rs in by.items()
+    }
     ratio = summary["rvi"]["cells_per_s"] / summary["scvi"]["cells_per_s"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"args": vars(args), "runs": results, "summary": summary, "ratio": ratio}, indent=2))
-    shape = f"{args.cells} cells x {args.genes} genes, n_hidden={args.n_hidden}, n_latent={args.n_latent}, batch {args.batch_size}"
+    Path(args.out).write_text(
+        json.dumps({"args": vars(args), "runs": results, "summary": summary, "ratio": ratio}, indent=2)
+    )
+    shape = f"{args.cells} cells x {args.genes} genes, n_hidden={args.n_hidden}, n_latent={args.n_latent}"
+    shape += f", batch {args.batch_size}"
     print(f"\n{shape}, {args.threads} threads, mean of epochs 2..{args.epochs} over {args.repeats} round(s)")
     print(f"{'model':<26}{'s/epoch':>10}{'cells/s':>12}{'peak RSS GB':>14}")
     for v, name in (("scvi", "scvi-tools SCVI (nb)"), ("rvi", "AmbientRegularizedSCVI")):

@@ -36,7 +36,9 @@ def make_counts(n_cells: int = 300, n_genes: int = 60, seed: int = 0) -> ad.AnnD
         {"lib": rng.choice(["a", "b", "c"], n_cells), "depth": size}, index=[f"cell{i}" for i in range(n_cells)]
     )
     obs["ds"] = obs["lib"].map({"a": "d1", "b": "d1", "c": "d2"})
-    return ad.AnnData(sp.csr_matrix(X.astype(np.float32)), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]))
+    return ad.AnnData(
+        sp.csr_matrix(X.astype(np.float32)), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)])
+    )
 
 
 @pytest.fixture

@@ -24,8 +24,12 @@ def make_mudata(n=120, n_genes=30, n_regions=50, seed=0) -> md.MuData:
     atac = rng.binomial(2, 0.1, size=(n, n_regions)).astype(np.float32)
     obs = pd.DataFrame({"lib": rng.choice(["l1", "l2"], n)}, index=names)
     mods = {
-        "rna": ad.AnnData(sp.csr_matrix(rna), obs=obs.copy(), var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)])),
-        "atac": ad.AnnData(sp.csr_matrix(atac), obs=obs.copy(), var=pd.DataFrame(index=[f"r{j}" for j in range(n_regions)])),
+        "rna": ad.AnnData(
+            sp.csr_matrix(rna), obs=obs.copy(), var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)])
+        ),
+        "atac": ad.AnnData(
+            sp.csr_matrix(atac), obs=obs.copy(), var=pd.DataFrame(index=[f"r{j}" for j in range(n_regions)])
+        ),
     }
     mdata = md.MuData(mods)
     mdata.obs = obs.copy()

@@ -45,7 +45,13 @@ def test_global_priors_scale_with_one_over_n_obs():
     assert torch.isclose(a.loss - b.loss, ga / 2, rtol=1e-4)
     # Every global prior of the spec is part of the global sum (ambient prior is off by default).
     names = set(a.extra_metrics)
-    for term in ("dispersion_penalty", "dispersion_lambda_prior", "library_kl_w", "decoder_l2", "feature_scaling_prior"):
+    for term in (
+        "dispersion_penalty",
+        "dispersion_lambda_prior",
+        "library_kl_w",
+        "decoder_l2",
+        "feature_scaling_prior",
+    ):
         assert f"rna_{term}" in names
     in_loss = sum(v for k, v in model.module.global_penalties().items() if model.module._in_loss(k))
     assert torch.isclose(a.kl_global_sum, in_loss, rtol=1e-4)

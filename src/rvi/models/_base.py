@@ -13,7 +13,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from rvi.models._covariates import CovariateSpec, resolve_covariate_keys
 from rvi.models._stats import dispersion_from_data, library_prior_stats, modality_stats
-from rvi.module.vae import CAT_KEY, CONT_KEY, ModalityConfig, RegularizedVAE
+from rvi.module.vae import CAT_KEY, ModalityConfig, RegularizedVAE
 from rvi.train import RVITrainingPlan, default_kl_warmup_epochs
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,11 @@ def check_bool(name: str, value) -> bool:
     raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}.")
 
 
+def covariate_spec_from_args(setup_args: dict) -> CovariateSpec:
+    """Resolve the purpose-based keys from a setup method's arguments (also used on load)."""
+    return resolve_covariate_keys(**{k: setup_args.get(k) for k in COVARIATE_ARGS if k in setup_args})
+
+
 class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
     """Base of AmbientRegularizedSCVI and RegularizedMultimodalVI."""
 
@@ -56,8 +61,7 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
     # ------------------------------------------------------------------ construction
     @property
     def covariate_spec(self) -> CovariateSpec:
-        args = self.adata_manager.registry["setup_args"]
-        return resolve_covariate_keys(**{k: args.get(k) for k in COVARIATE_ARGS if k in args})
+        return covariate_spec_from_args(self.adata_manager.registry["setup_args"])
 
     def _categorical_codes(self) -> tuple[np.ndarray | None, list[int]]:
         if CAT_KEY not in self.adata_manager.data_registry:

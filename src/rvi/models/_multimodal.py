@@ -8,8 +8,8 @@ from mudata import MuData
 from scvi.data import AnnDataManager
 from scvi.data.fields import MuDataCategoricalJointObsField, MuDataLayerField, MuDataNumericalJointObsField
 
-from rvi.models._base import RVIModelBase, check_bool
-from rvi.models._covariates import resolve_covariate_keys, validate_obs
+from rvi.models._base import RVIModelBase, check_bool, covariate_spec_from_args
+from rvi.models._covariates import validate_obs
 from rvi.models._stats import validate_counts
 from rvi.module.vae import CAT_KEY, CONT_KEY
 
@@ -52,8 +52,9 @@ def align_modalities(mdata: MuData, modalities: list[str] | None = None) -> MuDa
         pos = a.obs_names.get_indexer(names)
         present = pos >= 0
         X = sp.csr_matrix(a.X) if sp.issparse(a.X) else sp.csr_matrix(np.asarray(a.X))
-        rows = sp.csr_matrix((len(names), a.n_vars), dtype=X.dtype)
-        take = sp.csr_matrix((np.ones(present.sum()), (np.flatnonzero(present), pos[present])), shape=(len(names), a.n_obs))
+        take = sp.csr_matrix(
+            (np.ones(present.sum()), (np.flatnonzero(present), pos[present])), shape=(len(names), a.n_obs)
+        )
         rows = take @ X
         layers = {k: take @ sp.csr_matrix(v) for k, v in a.layers.items()}
         mods[m] = ad.AnnData(rows, obs=pd.DataFrame(index=names), var=a.var.copy(), layers=layers)
@@ -122,7 +123,9 @@ class RegularizedMultimodalVI(RVIModelBase):
             }
             spec.update({k: values[k].get(m, defaults[k]) for k in PER_MODALITY_ARGS})
             specs.append(spec)
-        self.module = self._build_module(specs, dispersion_init, ambient_init, dropout_rate=dropout_rate, **module_kwargs)
+        self.module = self._build_module(
+            specs, dispersion_init, ambient_init, dropout_rate=dropout_rate, **module_kwargs
+        )
         sizes = ", ".join(f"{m.name}: {m.n_features} features, n_latent={m.n_latent}" for m in self.module.modalities)
         self._model_summary_string = f"RegularizedMultimodalVI ({sizes})"
         self.init_params_ = self._get_init_params(locals())
@@ -187,19 +190,7 @@ class RegularizedMultimodalVI(RVIModelBase):
             raise ValueError(f"layer names unknown modalities {unknown}; registered: {sorted(modalities)}.")
         if encoder_covariate_keys is not False and not isinstance(encoder_covariate_keys, list | tuple | str):
             check_bool("encoder_covariate_keys", encoder_covariate_keys)
-        spec = resolve_covariate_keys(
-            library_key=library_key,
-            batch_key=batch_key,
-            dataset_key=dataset_key,
-            technical_covariate_keys=technical_covariate_keys,
-            ambient_covariate_keys=ambient_covariate_keys,
-            nn_conditioning_covariate_keys=nn_conditioning_covariate_keys,
-            nn_continuous_covariate_keys=nn_continuous_covariate_keys,
-            feature_scaling_covariate_keys=feature_scaling_covariate_keys,
-            dispersion_key=dispersion_key,
-            library_size_key=library_size_key,
-            encoder_covariate_keys=encoder_covariate_keys,
-        )
+        spec = covariate_spec_from_args(setup_method_args)
         for name, mod_key in modalities.items():
             a = mdata.mod[mod_key]
             if a.n_vars == 0:
@@ -219,7 +210,9 @@ class RegularizedMultimodalVI(RVIModelBase):
         validate_obs(mdata.obs, spec, table="mdata.obs")
 
         fields = [
-            MuDataLayerField(registry_key(name), layers.get(name), mod_key=mod_key, is_count_data=True, mod_required=True)
+            MuDataLayerField(
+                registry_key(name), layers.get(name), mod_key=mod_key, is_count_data=True, mod_required=True
+            )
             for name, mod_key in sorted(modalities.items())
         ]
         if spec.categorical_columns:
@@ -239,7 +232,7 @@ def _check_obs_agreement(mdata: MuData, modalities: dict[str, str], columns: lis
             hint = f" (found {prefixed}: copy it to mdata.obs[{col!r}])" if prefixed else ""
             raise KeyError(f"Covariate key {col!r} is not a column of mdata.obs{hint}.")
         glob = mdata.obs[col].astype(str)
-        for name, mod_key in modalities.items():
+        for mod_key in modalities.values():
             obs = mdata.mod[mod_key].obs
             if col in obs.columns:
                 local = obs[col].astype(str).reindex(mdata.obs_names)

@@ -8,8 +8,8 @@ from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalJointObsField, LayerField, NumericalJointObsField
 
-from rvi.models._base import RVIModelBase, check_bool
-from rvi.models._covariates import resolve_covariate_keys, validate_obs
+from rvi.models._base import RVIModelBase, check_bool, covariate_spec_from_args
+from rvi.models._covariates import validate_obs
 from rvi.models._stats import validate_counts
 from rvi.module.vae import CAT_KEY, CONT_KEY
 
@@ -111,19 +111,7 @@ class AmbientRegularizedSCVI(RVIModelBase):
             raise TypeError(f"setup_anndata expects an AnnData, got {type(adata).__name__}.")
         if encoder_covariate_keys is not False and not isinstance(encoder_covariate_keys, list | tuple | str):
             check_bool("encoder_covariate_keys", encoder_covariate_keys)
-        spec = resolve_covariate_keys(
-            library_key=library_key,
-            batch_key=batch_key,
-            dataset_key=dataset_key,
-            technical_covariate_keys=technical_covariate_keys,
-            ambient_covariate_keys=ambient_covariate_keys,
-            nn_conditioning_covariate_keys=nn_conditioning_covariate_keys,
-            nn_continuous_covariate_keys=nn_continuous_covariate_keys,
-            feature_scaling_covariate_keys=feature_scaling_covariate_keys,
-            dispersion_key=dispersion_key,
-            library_size_key=library_size_key,
-            encoder_covariate_keys=encoder_covariate_keys,
-        )
+        spec = covariate_spec_from_args(setup_method_args)
         if layer is not None and layer not in adata.layers:
             raise KeyError(f"Layer {layer!r} not in adata.layers; available: {list(adata.layers)}.")
         validate_counts(adata.X if layer is None else adata.layers[layer], name=f"adata.{layer or 'X'}")

@@ -75,7 +75,9 @@ def log_nb(
     th = torch.exp(lt)
     with torch.no_grad():
         log_x_factorial = torch.lgamma(xs + 1)  # constant in the parameters: no graph needed
-    nz = xs * (torch.log(m + eps) - torch.log(th + m + eps)) + torch.lgamma(xs + th) - torch.lgamma(th) - log_x_factorial
+    nz = (
+        xs * (torch.log(m + eps) - torch.log(th + m + eps)) + torch.lgamma(xs + th) - torch.lgamma(th) - log_x_factorial
+    )
     return dense.sum(-1).index_add(0, rows, nz)
 
 
@@ -146,7 +148,9 @@ class RegularizedVAE(BaseModuleClass):
                 n_in, m.n_latent, m.n_hidden, m.n_layers, n_cat_in=n_enc_cat, dropout_rate=dropout_rate, **fc
             )
             # No input dropout for the library encoder: it estimates depth from all counts.
-            self.library_encoders[m.name] = LibraryEncoder(n_in, centering=c, n_cat_in=n_enc_cat, dropout_rate=0.0, **fc)
+            self.library_encoders[m.name] = LibraryEncoder(
+                n_in, centering=c, n_cat_in=n_enc_cat, dropout_rate=0.0, **fc
+            )
             self.decoders[m.name] = Decoder(
                 self.n_latent_total + n_continuous_cov, m.n_features, m.n_hidden, m.n_layers, n_cat_in=n_cond, **fc
             )
