@@ -190,7 +190,7 @@ class RegularizedMultimodalVI(RVIModelBase):
             raise ValueError(f"layer names unknown modalities {unknown}; registered: {sorted(modalities)}.")
         if encoder_covariate_keys is not False and not isinstance(encoder_covariate_keys, list | tuple | str):
             check_bool("encoder_covariate_keys", encoder_covariate_keys)
-        spec = covariate_spec_from_args(setup_method_args)
+        spec = covariate_spec_from_args(setup_method_args["setup_args"])
         for name, mod_key in modalities.items():
             a = mdata.mod[mod_key]
             if a.n_vars == 0:

@@ -111,7 +111,7 @@ class AmbientRegularizedSCVI(RVIModelBase):
             raise TypeError(f"setup_anndata expects an AnnData, got {type(adata).__name__}.")
         if encoder_covariate_keys is not False and not isinstance(encoder_covariate_keys, list | tuple | str):
             check_bool("encoder_covariate_keys", encoder_covariate_keys)
-        spec = covariate_spec_from_args(setup_method_args)
+        spec = covariate_spec_from_args(setup_method_args["setup_args"])
         if layer is not None and layer not in adata.layers:
             raise KeyError(f"Layer {layer!r} not in adata.layers; available: {list(adata.layers)}.")
         validate_counts(adata.X if layer is None else adata.layers[layer], name=f"adata.{layer or 'X'}")
