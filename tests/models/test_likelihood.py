@@ -14,8 +14,8 @@ def test_log_nb_matches_torch_negative_binomial():
     assert (x == 0).any() and (x > 0).any()
     # torch's NegativeBinomial(total_count=theta, probs=mu/(mu+theta)) has mean mu and variance mu + mu^2/theta
     ref = torch.distributions.NegativeBinomial(total_count=theta, probs=mu / (mu + theta)).log_prob(x).sum(-1)
-    torch.testing.assert_close(log_nb(x, mu, log_theta, eps=0.0, sparse_below=0.0), ref)
-    torch.testing.assert_close(log_nb(x, mu, log_theta, eps=0.0, sparse_below=1.1), ref)
+    torch.testing.assert_close(log_nb(x, mu, log_theta, eps=0.0, sparse=False), ref)
+    torch.testing.assert_close(log_nb(x, mu, log_theta, eps=0.0, sparse=True), ref)
 
 
 def test_log_nb_gradients_match_dense_formula():
@@ -32,7 +32,7 @@ def test_log_nb_gradients_match_dense_formula():
         ).sum() - torch.lgamma(x + 1).sum()
 
     g2 = torch.autograd.grad(dense(mu, log_theta), (mu, log_theta))
-    for threshold in (0.0, 1.1):  # dense path, sparse path
-        g1 = torch.autograd.grad(log_nb(x, mu, log_theta, eps=0.0, sparse_below=threshold).sum(), (mu, log_theta))
+    for sparse in (False, True):
+        g1 = torch.autograd.grad(log_nb(x, mu, log_theta, eps=0.0, sparse=sparse).sum(), (mu, log_theta))
         for a, b in zip(g1, g2):
             torch.testing.assert_close(a, b)

@@ -110,6 +110,7 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
                 log_lib_mean=lib_mean.tolist(),
                 log_lib_var=lib_var.tolist(),
                 mean_rate=(stats.mean_fraction * scale).tolist(),
+                density=stats.density,
             )
             if dispersion_init == "data":
                 cfg.init_theta = dispersion_from_data(stats.mean, stats.var, stats.total).tolist()

@@ -25,6 +25,7 @@ from rvi.priors import (
 
 CAT_KEY = "rvi_categoricals"
 CONT_KEY = "rvi_continuous"
+SPARSE_LIKELIHOOD_BELOW = 0.25
 
 
 @dataclass
@@ -46,24 +47,23 @@ class ModalityConfig:
     init_theta: list[float] | None = None
     mean_rate: list[float] | None = None
     ambient_init: list[list[list[float]]] | None = None
+    density: float = 1.0  # fraction of non-zero entries; below SPARSE_LIKELIHOOD_BELOW the sparse NB path is used
 
 
-def log_nb(
-    x: torch.Tensor, mu: torch.Tensor, log_theta: torch.Tensor, eps: float = 1e-8, sparse_below: float = 0.25
-) -> torch.Tensor:
+def log_nb(x: torch.Tensor, mu: torch.Tensor, log_theta: torch.Tensor, eps: float = 1e-8, sparse: bool = False):
     """Per-cell sum over features of log GammaPoisson(x; concentration=theta, rate=theta/mu).
 
     Negative binomial with variance mu + mu^2/theta. For x = 0 the density reduces to
-    theta * (log theta - log(theta + mu)), so when fewer than ``sparse_below`` of the entries are
-    non-zero the x-dependent terms (two lgammas with their digamma backward, log mu, log x!) are
-    evaluated on the non-zero entries only; the theta sample is per entry (B x F), so on typical
-    whole-transcriptome counts (> 90 % zeros) this removes most of the transcendental work. Denser
-    minibatches use the dense formula, which is cheaper there than gathering.
+    theta * (log theta - log(theta + mu)), so with ``sparse=True`` the x-dependent terms (two lgammas
+    with their digamma backward, log mu, log x!) are evaluated on the non-zero entries only; the theta
+    sample is per entry (B x F), so on whole-transcriptome counts (> 90 % zeros) this removes most of
+    the transcendental work. For denser matrices (a few thousand HVGs) the dense formula is cheaper
+    than gathering; the module picks per modality from the data's density.
     """
     theta = torch.exp(log_theta)
     log_theta_mu = torch.log(theta + mu + eps)
     dense = theta * (log_theta - log_theta_mu)
-    if torch.count_nonzero(x) >= sparse_below * x.numel():
+    if not sparse:
         with torch.no_grad():
             log_x_factorial = torch.lgamma(x + 1)
         xterm = x * (torch.log(mu + eps) - log_theta_mu) + torch.lgamma(x + theta) - torch.lgamma(theta)
@@ -121,6 +121,7 @@ class RegularizedVAE(BaseModuleClass):
         mods = [m if isinstance(m, ModalityConfig) else ModalityConfig(**m) for m in modalities]
         self.modalities = sorted(mods, key=lambda m: m.name)
         self.modality_names = [m.name for m in self.modalities]
+        self.modality_config = {m.name: m for m in self.modalities}
         self.n_cats_per_cov = list(n_cats_per_cov)
         self.cols = {k: (list(v) if isinstance(v, list | tuple) else v) for k, v in covariate_columns.items()}
         self.n_continuous_cov = n_continuous_cov
@@ -318,7 +319,8 @@ class RegularizedVAE(BaseModuleClass):
         for m in self.modality_names:
             x = x_all[m]
             present = (inference_outputs["total"][m] > 0).float()  # cells missing this modality are masked out
-            ll = log_nb(x, generative_outputs["mu"][m], generative_outputs["log_theta"][m])
+            sparse = self.modality_config[m].density < SPARSE_LIKELIHOOD_BELOW
+            ll = log_nb(x, generative_outputs["mu"][m], generative_outputs["log_theta"][m], sparse=sparse)
             rec_m = -ll * present
             p_m, p_v = self.library[m].prior(lib_group)
             kl_m = normal_kl(inference_outputs["ql_m"][m], inference_outputs["ql_v"][m], p_m, p_v) * present
