@@ -1,0 +1,216 @@
+"""Reporting stages: the ground-truth scores of simulated studies and the papermill notebooks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rvi.io.atomic import atomic_path, write_csv
+from rvi.stages._util import read_obs
+from rvi.stages.labels import annotation_groups
+
+
+def _parse_region(region: str) -> tuple[str, int, int]:
+    """``chr:start-end`` or ``chr-start-end`` -> (chrom, start, end)."""
+    parts = region.replace(":", "-").rsplit("-", 2)
+    return parts[0], int(parts[1]), int(parts[2])
+
+
+def _overlapping_truth(selected: Sequence[str], truth: pd.DataFrame) -> list[list[int]]:
+    """For each selected region, positions of truth regions it overlaps (tiles vs peaks both work)."""
+    parsed = [_parse_region(r) for r in truth.index.astype(str)]
+    by_chrom: dict[str, list[tuple[int, int, int]]] = {}
+    for i, (c, s, e) in enumerate(parsed):
+        by_chrom.setdefault(c, []).append((s, e, i))
+    hits = []
+    for region in selected:
+        c, s, e = _parse_region(region)
+        hits.append([i for (ts, te, i) in by_chrom.get(c, []) if ts < e and s < te])
+    return hits
+
+
+def ground_truth_report(
+    report: str,
+    cfg: Mapping,
+    truth: str | None = None,
+    scrublet: str | None = None,
+    annotation: str | None = None,
+    rna: str | None = None,
+    cre_truth: str | None = None,
+    cres: str | None = None,
+    threads: int = 1,
+) -> None:
+    """Score a simulated run: Scrublet AUROC, annotation accuracy on unlabelled libraries, CRE precision."""
+    rows = []
+    levels = list(cfg["labels"]["levels"])
+    if truth:
+        gt = pd.read_csv(truth, index_col=0)
+        rows += doublet_rows(gt, pd.read_csv(scrublet, index_col=0))
+        rows += annotation_rows(gt, pd.read_csv(annotation, index_col=0), read_obs(rna), levels)
+        if cre_truth:
+            groups, _ = annotation_groups(pd.read_csv(annotation, index_col=0), levels, cfg["select_cres"]["level"])
+            parents = _truth_parents(gt)
+            rows += cre_precision_rows(
+                pd.read_csv(cres), pd.read_csv(cre_truth, index_col=0), cfg["ground_truth"]["top_n"], parents
+            )
+    table = pd.DataFrame(rows, columns=["check", "value", "threshold", "passed", "n", "detail"])
+    print(table.to_string(index=False))
+    write_csv(table, report, index=False)
+
+
+def doublet_rows(gt: pd.DataFrame, scores: pd.DataFrame) -> list[dict]:
+    from sklearn.metrics import roc_auc_score
+
+    s = scores["doublet_score"].dropna()
+    y = gt["is_doublet"].reindex(s.index)
+    ok = y.notna()
+    y, s = y[ok].astype(bool), s[ok]
+    auc = float(roc_auc_score(y, s)) if y.nunique() == 2 else float("nan")
+    return [
+        {
+            "check": "scrublet_auroc",
+            "value": auc,
+            "threshold": 0.85,
+            "passed": auc >= 0.85,
+            "n": len(s),
+            "detail": f"{int(y.sum())} true doublets",
+        }
+    ]
+
+
+def annotation_rows(gt: pd.DataFrame, ann: pd.DataFrame, obs: pd.DataFrame, levels: Sequence[str]) -> list[dict]:
+    """Accuracy on libraries without any partial label, per level; the finest labelled level is the check."""
+    obs = obs.reindex(ann.index)
+    labelled_libs = set(obs.loc[obs[levels].notna().any(axis=1), "library"].astype(str)) if levels else set()
+    unlabelled = ~obs["library"].astype(str).isin(labelled_libs)
+    singlet = ~gt["is_doublet"].reindex(ann.index).fillna(False).astype(bool)
+    cells = ann.index[unlabelled.to_numpy() & singlet.to_numpy()]
+    rows = []
+    finest = [lv for lv in levels if obs[lv].notna().any()][-1:] if levels else []
+    truth_cols = {lv: f"cell_type_l{i + 1}" if f"cell_type_l{i + 1}" in gt else lv for i, lv in enumerate(levels)}
+    for level in levels:
+        pred = ann.loc[cells, level].astype(object)
+        true = gt.loc[cells, truth_cols[level]].astype(str)
+        acc = float((pred.astype(str) == true).mean()) if len(cells) else float("nan")
+        is_check = level in finest
+        rows.append(
+            {
+                "check": f"annotation_accuracy_{level}" + ("_finest" if is_check else ""),
+                "value": acc,
+                "threshold": 0.9 if is_check else np.nan,
+                "passed": (acc >= 0.9) if is_check else np.nan,
+                "n": len(cells),
+                "detail": f"unlabelled libraries {sorted(set(obs.loc[cells, 'library'].astype(str)))}; "
+                f"{int(pred.isna().sum())} cells without a label at this level",
+            }
+        )
+    if levels and len(cells):
+        # Each cell judged at the finest level the vote assigned (coarser where the cluster was mixed).
+        used = ann.loc[cells, "annotation_level"]
+        hits = [lv == lv and str(ann.at[c, lv]) == str(gt.at[c, truth_cols[lv]]) for c, lv in zip(cells, used)]
+        rows.append(
+            {
+                "check": "annotation_accuracy_assigned_level",
+                "value": float(np.mean(hits)),
+                "threshold": np.nan,
+                "passed": np.nan,
+                "n": len(cells),
+                "detail": "label at each cell's annotation_level vs truth; "
+                + ", ".join(f"{k}: {v}" for k, v in used.fillna("none").value_counts().items()),
+            }
+        )
+    return rows
+
+
+def _truth_parents(gt: pd.DataFrame) -> dict[str, str]:
+    parents = {}
+    cols = [c for c in ("cell_type_l1", "cell_type_l2", "cell_type_l3") if c in gt]
+    for coarse, fine in zip(cols[:-1], cols[1:]):
+        pairs = gt[[fine, coarse]].dropna().astype(str).drop_duplicates()
+        parents |= dict(zip(pairs[fine], pairs[coarse]))
+    return parents
+
+
+def cre_precision_rows(table: pd.DataFrame, truth: pd.DataFrame, top_n: int, parents: Mapping[str, str]) -> list[dict]:
+    """Precision of the top N CREs per group: a hit overlaps a simulated region of the group or an ancestor."""
+    top = table.sort_values(["group", "rank"]).groupby("group", sort=False).head(top_n)
+    hits = _overlapping_truth(top["region"].astype(str).tolist(), truth)
+    owners = truth["cell_type"].astype(str).to_numpy()
+    strict, lineage = [], []
+    for group, idx in zip(top["group"].astype(str), hits):
+        ancestry = {group}
+        node = group
+        while node in parents:
+            node = parents[node]
+            ancestry.add(node)
+        found = {owners[i] for i in idx}
+        strict.append(group in found)
+        lineage.append(bool(found & ancestry))
+    n = len(top)
+    prec = float(np.mean(lineage)) if n else float("nan")
+    return [
+        {
+            "check": "cre_precision_top_n",
+            "value": prec,
+            "threshold": 0.8,
+            "passed": prec >= 0.8,
+            "n": n,
+            "detail": f"top {top_n} per group; hit = simulated region of the group or an ancestor",
+        },
+        {
+            "check": "cre_precision_top_n_exact_group",
+            "value": float(np.mean(strict)) if n else float("nan"),
+            "threshold": np.nan,
+            "passed": np.nan,
+            "n": n,
+            "detail": "hit = simulated region owned by exactly the group",
+        },
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# notebooks
+# --------------------------------------------------------------------------------------------------
+
+
+def notebook(
+    template: str,
+    notebook: str,
+    name: str,
+    study: str,
+    labels: Mapping,
+    covariates: Mapping,
+    extra: Mapping | None = None,
+    threads: int = 1,
+    **inputs,
+) -> None:
+    """Execute a papermill template with the stage's output paths as parameters (headless, python3 kernel).
+
+    The ``python3`` kernelspec of ipykernel runs ``sys.executable`` (jupyter_client substitutes it for
+    ``python``), i.e. the interpreter running this job, so the notebook sees the same environment.
+    """
+    import papermill as pm
+
+    parameters = {
+        "study": study,
+        "label_levels": list(labels["levels"]),
+        "library_key": covariates["library_key"],
+        "dataset_key": covariates["dataset_key"],
+        **{k: str(Path(v).resolve()) for k, v in inputs.items()},
+        **dict(extra or {}),
+    }
+    with atomic_path(notebook) as tmp:
+        pm.execute_notebook(
+            template,
+            str(tmp),
+            parameters=parameters,
+            kernel_name="python3",
+            cwd=os.getcwd(),
+            progress_bar=False,
+            log_output=True,
+        )
+    print(f"notebook {name}: {notebook}")

@@ -1,0 +1,223 @@
+# Shared wiring: validated config, output paths, sample-sheet lookups. Functions only (no rules).
+# All logic lives in rvi.workflow (config, resources) and rvi.stages (what each rule does).
+
+from pathlib import Path
+
+from rvi.workflow import (
+    ResourceTable,
+    canonical,
+    libraries,
+    load_config,
+    read_samples,
+    run_rule,
+    sample_sheet_path,
+    stage_params,
+)
+
+# Stops here, before any job, with a message naming every bad key/value or sample-sheet problem.
+CFG = load_config(config)
+RES = ResourceTable(CFG)
+OUT = f"{CFG['results_dir']}/{CFG['study']}"
+ATAC = "atac" in CFG["modalities"]
+DEMO = CFG["demo_data"]["generate"]
+DEMO_DIR = CFG["demo_data"]["outdir"]
+NOTEBOOK_DIR = Path(workflow.basedir).parent / "notebooks"
+GROUND_TRUTH = bool(CFG["ground_truth"]["cells"] or CFG["ground_truth"]["cres"])
+
+
+def out(path):
+    """A path under results/{study}/."""
+    return f"{OUT}/{path}"
+
+
+def log_path(name):
+    return f"{OUT}/logs/{name}.log"
+
+
+def bench_path(name):
+    return f"{OUT}/benchmarks/{name}.tsv"
+
+
+def params_of(stage):
+    return stage_params(CFG, stage)
+
+
+_SHEET = {}
+
+
+def sheet():
+    """The validated sample sheet; with demo data it exists only once the demo_data checkpoint ran."""
+    if DEMO:
+        # Raises IncompleteCheckpointException until the demo data are written; Snakemake then
+        # re-evaluates the DAG, so every sample/library job appears after the checkpoint.
+        checkpoints.demo_data.get()
+    path = sample_sheet_path(CFG)
+    if path not in _SHEET:
+        _SHEET[path] = read_samples(CFG, path)
+    return _SHEET[path]
+
+
+def sample_ids(wildcards=None):
+    return [str(s) for s in sheet().index]
+
+
+def library_ids(wildcards=None):
+    return libraries(CFG, sheet())
+
+
+def sample_row(wildcards):
+    """The sample-sheet row of one sample as plain values (params: a changed row reruns that sample)."""
+    row = sheet().loc[wildcards.sample]
+    return canonical({str(k): (None if v != v else v) for k, v in row.items()})
+
+
+def sample_counts_input(wildcards):
+    # Declared as input so a missing file on a real study is reported before any job runs.
+    return {"counts": str(sheet().loc[wildcards.sample, "rna_path"])}
+
+
+def sample_atac_input(wildcards):
+    # 10x_peaks reads the Peaks features of the sample's .h5; tiles/peaks count its fragments file
+    # (read_samples has already checked that every sample has one).
+    column = "rna_path" if CFG["load_atac"]["matrix"] == "10x_peaks" else "fragments_path"
+    return {"atac_source": str(sheet().loc[wildcards.sample, column])}
+
+
+def per_sample(pattern):
+    return lambda wildcards: expand(out(pattern), sample=sample_ids())
+
+
+def per_library(pattern):
+    return lambda wildcards: expand(out(pattern), library=library_ids())
+
+
+def threads_of(stage):
+    return RES.threads(stage)
+
+
+# Files of the model directories (the saved model itself is a separate directory() output).
+RNA_MODEL_DIR = out("rna_model/model")
+MULTIMODAL_MODEL_DIR = out("multimodal_model/model")
+RNA_MODEL = {
+    "latent": out("rna_model/latent.parquet"),
+    "umap": out("rna_model/umap.parquet"),
+    "leiden": out("rna_model/leiden.csv"),
+    "knn": out("rna_model/knn.npz"),
+    "metrics": out("rna_model/metrics.csv"),
+    "cells": out("rna_model/cells.csv"),
+    "genes": out("rna_model/genes.csv"),
+    "history": out("rna_model/history.csv"),
+    "curves_png": out("rna_model/training_curves.png"),
+    "umap_png": out("rna_model/umap.png"),
+}
+MULTIMODAL_MODEL = {
+    "latent": out("multimodal_model/latent.parquet"),
+    "modality_latents": out("multimodal_model/modality_latents.parquet"),
+    "umap": out("multimodal_model/umap.parquet"),
+    "leiden": out("multimodal_model/leiden.csv"),
+    "knn": out("multimodal_model/knn.npz"),
+    "metrics": out("multimodal_model/metrics.csv"),
+    "attribution": out("multimodal_model/attribution.parquet"),
+    "history": out("multimodal_model/history.csv"),
+    "curves_png": out("multimodal_model/training_curves.png"),
+    "umap_png": out("multimodal_model/umap.png"),
+    "attribution_png": out("multimodal_model/attribution_scatter.png"),
+}
+
+
+def notebook(name):
+    return out(f"notebooks/{name}.ipynb")
+
+
+TARGETS = {
+    "qc": [
+        out("rna.h5ad"),
+        out("qc_summary.csv"),
+        out("scrublet.csv"),
+        notebook("merge_rna"),
+        notebook("scrublet"),
+    ],
+    "atac": [out("atac.h5ad"), out("atac_qc.csv"), notebook("load_atac")] if ATAC else [],
+    "rna": [
+        RNA_MODEL_DIR,
+        *RNA_MODEL.values(),
+        out("annotation.csv"),
+        out("annotation_purity.csv"),
+        notebook("train_rna"),
+        notebook("annotate"),
+    ],
+    "multimodal": (
+        [
+            out("cres.csv"),
+            out("cre_heatmap.png"),
+            MULTIMODAL_MODEL_DIR,
+            *MULTIMODAL_MODEL.values(),
+            notebook("select_cres"),
+            notebook("train_multimodal"),
+        ]
+        if ATAC
+        else []
+    ),
+    "ground_truth": [out("ground_truth_report.csv"), notebook("ground_truth_report")] if GROUND_TRUTH else [],
+}
+
+# The stage outputs each notebook reads (papermill parameters of the same names).
+NOTEBOOK_INPUTS = {
+    "merge_rna": {"rna": out("rna.h5ad"), "qc_summary": out("qc_summary.csv")},
+    "scrublet": {"rna": out("rna.h5ad"), "scrublet": out("scrublet.csv")},
+    "load_atac": {"atac_qc": out("atac_qc.csv")},
+    "train_rna": {"rna": out("rna.h5ad"), **{k: RNA_MODEL[k] for k in ("umap", "leiden", "metrics", "cells", "history")}},
+    "annotate": {
+        "annotation": out("annotation.csv"),
+        "purity": out("annotation_purity.csv"),
+        "umap": RNA_MODEL["umap"],
+        "cells": RNA_MODEL["cells"],
+    },
+    "select_cres": {"cres": out("cres.csv"), "heatmap": out("cre_heatmap.png")},
+    "train_multimodal": {
+        **{k: MULTIMODAL_MODEL[k] for k in ("umap", "leiden", "metrics", "attribution", "history")},
+        "annotation": out("annotation.csv"),
+    },
+    "ground_truth_report": {"report": out("ground_truth_report.csv")},
+}
+
+
+def notebook_params(wildcards):
+    """Extra papermill parameters of one notebook (the QC notebook draws the cell-QC thresholds)."""
+    if wildcards.notebook == "merge_rna":
+        qc = CFG["train_rna"]["cell_qc"]
+        return canonical({"qc_thresholds": {"default": qc["default"], **qc["per_dataset"]}})
+    return {}
+
+
+def notebook_inputs(wildcards):
+    return {"template": str(NOTEBOOK_DIR / f"{wildcards.notebook}.ipynb"), **NOTEBOOK_INPUTS[wildcards.notebook]}
+
+
+def atac_reference_inputs(wildcards):
+    """Chromosome sizes / gene annotation files of the ATAC config (inputs, so they are checked)."""
+    refs = {}
+    for key in ("chrom_sizes", "gene_annotation"):
+        if CFG["load_atac"][key]:
+            refs[key] = CFG["load_atac"][key]
+    return refs
+
+
+def train_rna_qc_inputs(wildcards):
+    # Fragment thresholds need the ATAC per-cell QC; RNA-only studies train without it.
+    return {"atac_qc": out("atac_qc.csv")} if ATAC else {}
+
+
+def ground_truth_inputs(wildcards):
+    gt = CFG["ground_truth"]
+    inputs = {}
+    if gt["cells"]:
+        inputs |= {
+            "truth": gt["cells"],
+            "scrublet": out("scrublet.csv"),
+            "annotation": out("annotation.csv"),
+            "rna": out("rna.h5ad"),
+        }
+    if gt["cres"]:
+        inputs |= {"cre_truth": gt["cres"], "cres": out("cres.csv")}
+    return inputs
