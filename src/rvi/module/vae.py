@@ -25,7 +25,7 @@ from rvi.priors import (
 
 CAT_KEY = "rvi_categoricals"
 CONT_KEY = "rvi_continuous"
-SPARSE_LIKELIHOOD_BELOW = 0.25
+SPARSE_LIKELIHOOD_BELOW = 0.6  # measured: the sparse path wins below ~60 % non-zeros on CPU
 
 
 @dataclass
@@ -58,7 +58,7 @@ def log_nb(x: torch.Tensor, mu: torch.Tensor, log_theta: torch.Tensor, eps: floa
     with their digamma backward, log mu, log x!) are evaluated on the non-zero entries only; the theta
     sample is per entry (B x F), so on whole-transcriptome counts (> 90 % zeros) this removes most of
     the transcendental work. For denser matrices (a few thousand HVGs) the dense formula is cheaper
-    than gathering; the module picks per modality from the data's density.
+    than gathering; the module picks per modality from the data density (SPARSE_LIKELIHOOD_BELOW).
     """
     theta = torch.exp(log_theta)
     log_theta_mu = torch.log(theta + mu + eps)
@@ -68,15 +68,17 @@ def log_nb(x: torch.Tensor, mu: torch.Tensor, log_theta: torch.Tensor, eps: floa
             log_x_factorial = torch.lgamma(x + 1)
         xterm = x * (torch.log(mu + eps) - log_theta_mu) + torch.lgamma(x + theta) - torch.lgamma(theta)
         return (dense + xterm).sum(-1) - log_x_factorial.sum(-1)
-    rows, cols = torch.nonzero(x, as_tuple=True)
-    xs = x[rows, cols]
-    lt, m = log_theta[rows, cols], mu[rows, cols]
+    # Gather the non-zero entries through a flat index_select: its backward is an index_add, far
+    # cheaper on CPU than the index_put behind advanced indexing.
+    flat = torch.nonzero(x.reshape(-1)).squeeze(1)
+    rows = torch.div(flat, x.shape[1], rounding_mode="floor")
+    xs = x.reshape(-1).index_select(0, flat)
+    lt = log_theta.reshape(-1).index_select(0, flat)
+    m = mu.reshape(-1).index_select(0, flat)
     th = torch.exp(lt)
     with torch.no_grad():
         log_x_factorial = torch.lgamma(xs + 1)  # constant in the parameters: no graph needed
-    nz = (
-        xs * (torch.log(m + eps) - torch.log(th + m + eps)) + torch.lgamma(xs + th) - torch.lgamma(th) - log_x_factorial
-    )
+    nz = xs * (torch.log(m + eps) - torch.log(th + m + eps)) + torch.lgamma(xs + th) - torch.lgamma(th) - log_x_factorial
     return dense.sum(-1).index_add(0, rows, nz)
 
 
