@@ -78,7 +78,8 @@ def log_nb(x: torch.Tensor, mu: torch.Tensor, log_theta: torch.Tensor, eps: floa
     th = torch.exp(lt)
     with torch.no_grad():
         log_x_factorial = torch.lgamma(xs + 1)  # constant in the parameters: no graph needed
-    nz = xs * (torch.log(m + eps) - torch.log(th + m + eps)) + torch.lgamma(xs + th) - torch.lgamma(th) - log_x_factorial
+    nz = xs * (torch.log(m + eps) - torch.log(th + m + eps))
+    nz = nz + torch.lgamma(xs + th) - torch.lgamma(th) - log_x_factorial
     return dense.sum(-1).index_add(0, rows, nz)
 
 
