@@ -137,6 +137,23 @@ def _train_kwargs(training: Mapping, train_idx: np.ndarray, val_idx: np.ndarray)
     return kwargs
 
 
+def _build_and_train(model_cls, data, model_cfg: Mapping, training: Mapping, train_idx, val_idx):
+    """Instantiate a registered rvi model from the stage's ``model`` section and train it."""
+    vae = model_cls(
+        data,
+        n_hidden=model_cfg["n_hidden"],
+        n_latent=model_cfg["n_latent"],
+        n_layers=model_cfg["n_layers"],
+        dropout_rate=model_cfg["dropout_rate"],
+        **model_cfg["module_kwargs"],
+    )
+    print(vae)
+    vae.train(**_train_kwargs(training, train_idx, val_idx))
+    hist = history_frame(vae.history_)
+    print(f"trained {len(hist)} epochs")
+    return vae, hist
+
+
 def _epoch_logger():
     from lightning.pytorch.callbacks import Callback
 
@@ -350,19 +367,7 @@ def train_rna(
     qc_table["split"] = split.reindex(qc_table.index).fillna("excluded")
 
     AmbientRegularizedSCVI.setup_anndata(adata, **_setup_kwargs(cov))
-    m = spec["model"]
-    vae = AmbientRegularizedSCVI(
-        adata,
-        n_hidden=m["n_hidden"],
-        n_latent=m["n_latent"],
-        n_layers=m["n_layers"],
-        dropout_rate=m["dropout_rate"],
-        **m["module_kwargs"],
-    )
-    print(vae)
-    vae.train(**_train_kwargs(training, train_idx, val_idx))
-    hist = history_frame(vae.history_)
-    print(f"trained {len(hist)} epochs")
+    vae, hist = _build_and_train(AmbientRegularizedSCVI, adata, spec["model"], training, train_idx, val_idx)
 
     z = vae.get_latent_representation()
     cols = [f"z{i}" for i in range(z.shape[1])]
@@ -476,19 +481,7 @@ def train_multimodal(
     )
 
     RegularizedMultimodalVI.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, **setup)
-    m = spec["model"]
-    vae = RegularizedMultimodalVI(
-        mdata,
-        n_hidden=m["n_hidden"],
-        n_latent=m["n_latent"],
-        n_layers=m["n_layers"],
-        dropout_rate=m["dropout_rate"],
-        **m["module_kwargs"],
-    )
-    print(vae)
-    vae.train(**_train_kwargs(training, train_idx, val_idx))
-    hist = history_frame(vae.history_)
-    print(f"trained {len(hist)} epochs")
+    vae, hist = _build_and_train(RegularizedMultimodalVI, mdata, spec["model"], training, train_idx, val_idx)
 
     z = vae.get_latent_representation()
     view = ad.AnnData(obs=mdata.obs.copy())
