@@ -92,5 +92,5 @@ def test_empty_anndata():
 
 
 def test_validate_counts_on_dense_nonfinite():
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="NaN or infinite"):
         validate_counts(np.array([[1.0, np.nan]]), name="m")

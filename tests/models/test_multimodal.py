@@ -172,7 +172,7 @@ def test_zero_feature_modality():
 def test_non_integer_atac_counts():
     mdata = make_mudata()
     mdata.mod["atac"].X = mdata.mod["atac"].X * 0.3
-    with pytest.raises(ValueError, match=r"mdata.mod\['atac'\].X has non-integer"):
+    with pytest.raises(ValueError, match=r"mdata.mod\['atac'\].X: counts contain non-integer"):
         RegularizedMultimodalVI.setup_mudata(mdata, library_key="lib")
 
 

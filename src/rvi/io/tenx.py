@@ -60,7 +60,8 @@ def validate_counts(X, name: str, chunk_size: int = 5_000_000) -> None:
     n_rows = X.shape[0]
     step = max(1, chunk_size // max(1, X.shape[1] if len(X.shape) > 1 else 1))
     for s in range(0, n_rows, step):
-        check(np.asarray(X[s : s + step]))
+        block = X[s : s + step]  # backed .h5ad sparse datasets return scipy blocks
+        check(np.asarray(block.data if sp.issparse(block) else block))
 
 
 # --------------------------------------------------------------------------------------------------

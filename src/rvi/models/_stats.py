@@ -21,29 +21,13 @@ def iter_row_chunks(X, chunk_size: int = 10_000) -> Iterator[tuple[int, np.ndarr
         yield start, block
 
 
-def _values(block) -> np.ndarray:
-    return block.data if sp.issparse(block) else np.asarray(block).ravel()
+def validate_counts(X, name: str = "counts") -> None:
+    """Raise if X is empty or holds negative, non-integer or non-finite values (chunked; see rvi.io.tenx)."""
+    from rvi.io.tenx import validate_counts as check_values
 
-
-def validate_counts(X, name: str = "counts", chunk_size: int = 10_000) -> None:
-    """Raise if X holds negative, non-integer or non-finite values (checked chunk by chunk)."""
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(X.shape)}): nothing to train on.")
-    for start, block in iter_row_chunks(X, chunk_size):
-        v = _values(block)
-        if v.size == 0:
-            continue
-        if not np.isfinite(v).all():
-            raise ValueError(f"{name} has non-finite values (NaN/inf) in rows {start}..{start + block.shape[0] - 1}.")
-        if (v < 0).any():
-            raise ValueError(f"{name} has negative values (min {v.min()}); raw counts are required.")
-        frac = v - np.round(v)
-        if np.abs(frac).max() > 1e-6:
-            bad = v[np.abs(frac) > 1e-6][:3]
-            raise ValueError(
-                f"{name} has non-integer values (e.g. {bad.tolist()}); the model needs raw integer counts. "
-                "Pass the layer with raw counts (layer=...)."
-            )
+    check_values(X, name)
 
 
 @dataclass
