@@ -154,8 +154,16 @@ class RegularizedVAE(BaseModuleClass):
             self.library_encoders[m.name] = LibraryEncoder(
                 n_in, centering=c, n_cat_in=n_enc_cat, dropout_rate=0.0, **fc
             )
+            # exp(G), the typical library size: the decoder's softplus works on fractions of it.
+            typical_library = float(torch.tensor(m.log_lib_mean, dtype=torch.float64).mean().exp())
             self.decoders[m.name] = Decoder(
-                self.n_latent_total + n_continuous_cov, m.n_features, m.n_hidden, m.n_layers, n_cat_in=n_cond, **fc
+                self.n_latent_total + n_continuous_cov,
+                m.n_features,
+                m.n_hidden,
+                m.n_layers,
+                n_cat_in=n_cond,
+                output_scale=typical_library,
+                **fc,
             )
             if m.mean_rate is not None:
                 self.decoders[m.name].init_output_bias(torch.tensor(m.mean_rate, dtype=torch.float32))
