@@ -195,3 +195,21 @@ def test_leiden_flavors_agree_and_are_seeded():
     assert pd.crosstab(np.asarray(fast), membership).gt(0).sum(axis=1).eq(1).all()
     with pytest.raises(ValueError, match="flavor"):
         broad_leiden(conn, flavor="louvain")
+
+
+def test_balanced_vote_gives_a_rare_reference_subtype_its_cluster():
+    # The labelled library has few CD8 T (10 of 100 labelled T cells). Cluster "1" is mostly unlabelled
+    # CD8 T from another library, with 4 labelled CD8 and 6 labelled CD4 (CD4 spill-over). The plain
+    # majority says CD4; relative to the reference composition the cluster is enriched for CD8.
+    fine = ["CD4 T"] * 84 + ["CD8 T"] * 6 + ["CD4 T"] * 6 + ["CD8 T"] * 4 + [None] * 50
+    clusters = ["0"] * 90 + ["1"] * 60
+    partial = pd.DataFrame({"level1": ["T"] * 150, "level2": fine})
+    plain, _ = hierarchical_majority_vote(clusters, partial, HIERARCHY)
+    balanced, purity = hierarchical_majority_vote(clusters, partial, HIERARCHY, balanced=True)
+    assert (plain.loc[90:, "level2"] == "CD4 T").all()
+    assert (balanced.loc[90:, "level2"] == "CD8 T").all()
+    assert (balanced.loc[:89, "level2"] == "CD4 T").all()  # cluster 0 stays CD4 (84 vs 6 of 10)
+    # Weights: CD4 90 cells -> 100 / (2 * 90); CD8 10 cells -> 100 / (2 * 10).
+    w4, w8 = 100 / 180, 100 / 20
+    assert purity.loc["1", "fraction_level2"] == pytest.approx(4 * w8 / (4 * w8 + 6 * w4))
+    assert purity.loc["1", "n_labelled_level2"] == 10

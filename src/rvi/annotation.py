@@ -344,6 +344,7 @@ def hierarchical_majority_vote(
     hierarchy,
     min_fraction: float = 0.5,
     min_labelled: int = 1,
+    balanced: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Label each cluster by majority vote at the finest confident level of a label hierarchy.
 
@@ -361,6 +362,12 @@ def hierarchical_majority_vote(
         cluster's cells labelled at that level (and strictly more than the runner-up).
     min_labelled
         Minimum number of labelled cells at a level for a vote at that level.
+    balanced
+        Weight each labelled cell by 1 / (number of cells carrying its label at that level), so a
+        cluster votes for the label it is most *enriched* in rather than the most frequent one. A
+        subtype that is rare in the labelled libraries but common elsewhere (composition differs
+        between datasets) otherwise loses every cluster to its abundant sibling. ``fraction`` and
+        ``min_fraction`` then refer to the weighted shares; ``n_labelled`` stays a cell count.
 
     Returns
     -------
@@ -395,9 +402,16 @@ def hierarchical_majority_vote(
     stats: dict[str, pd.DataFrame] = {}
     for level in levels:
         df = pd.DataFrame({"cluster": clusters.values, "label": labels[level].values}).dropna()
-        counts = df.groupby(["cluster", "label"]).size().rename("n").reset_index()
+        counts = df.groupby(["cluster", "label"]).size().rename("cells").reset_index()
+        n_lab = counts.groupby("cluster")["cells"].sum()
+        counts["n"] = counts["cells"].astype(float)
+        if balanced and len(counts):
+            # Label weight N / (K * N_label): every label carries the same total weight, the mean is 1.
+            totals = counts.groupby("label")["cells"].sum()
+            weight = totals.sum() / (len(totals) * totals)
+            counts["n"] = counts["cells"] * counts["label"].map(weight).astype(float)
         counts = counts.sort_values(["cluster", "n", "label"], ascending=[True, False, True])
-        n_lab = counts.groupby("cluster")["n"].sum()
+        weighted = counts.groupby("cluster")["n"].sum()
         top = counts.groupby("cluster").head(2).copy()
         top["pos"] = top.groupby("cluster").cumcount()
         first = top[top.pos == 0].set_index("cluster")
@@ -405,7 +419,7 @@ def hierarchical_majority_vote(
         out = pd.DataFrame(index=pd.Index(cluster_names, name="cluster"))
         out["n_labelled"] = n_lab.reindex(out.index).fillna(0).astype(int)
         out["majority"] = first["label"].reindex(out.index)
-        out["fraction"] = (first["n"].reindex(out.index) / out["n_labelled"].replace(0, np.nan)).astype(float)
+        out["fraction"] = (first["n"].reindex(out.index) / weighted.reindex(out.index).replace(0, np.nan)).astype(float)
         runner_up = second.reindex(out.index).fillna(0)
         out["confident"] = (
             (out["n_labelled"] >= max(min_labelled, 1))
@@ -481,6 +495,7 @@ def annotate(
     min_modularity: float = 0.3,
     min_fraction: float = 0.5,
     min_labelled: int = 1,
+    balanced_vote: bool = False,
     random_state: int = 0,
     n_iterations: int = 2,
     flavor: str = "igraph",
@@ -501,6 +516,8 @@ def annotate(
         Adaptive sub-clustering controls, see :func:`adaptive_subcluster`.
     min_fraction, min_labelled
         Majority vote controls, see :func:`hierarchical_majority_vote`.
+    balanced_vote
+        Class-balanced vote (``balanced`` of :func:`hierarchical_majority_vote`).
     random_state, n_iterations, flavor
         Leiden controls, see :func:`broad_leiden`.
 
@@ -538,6 +555,7 @@ def annotate(
         hierarchy,
         min_fraction=min_fraction,
         min_labelled=min_labelled,
+        balanced=balanced_vote,
     )
     labels.insert(0, "broad_cluster", np.asarray(broad))
     broad_of = labels.groupby("cluster", observed=True)["broad_cluster"].first()

@@ -37,6 +37,7 @@ def annotate(rna: str, cells: str, knn: str, annotation: str, purity: str, cfg: 
             min_modularity=spec["min_modularity"],
             min_fraction=spec["min_fraction"],
             min_labelled=spec["min_labelled"],
+            balanced_vote=spec["vote"] == "balanced",
             random_state=spec["seed"],
         )
         for level in levels:
