@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.rvi-installed
 CORES ?= 2
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test test-slurm lint format clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -rs
+
+# The demo through profiles/slurm on a one-node SLURM cluster started on this machine (needs root and
+# `apt-get install -y slurm-wlm munge`; scripts/local_slurm.sh starts and always stops the daemons).
+test-slurm: $(STAMP)
+	RVI_SLURM_TEST=1 $(BIN)/pytest tests/workflow/test_slurm_local.py -q -rs
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from scvi.train import TrainingPlan
 
 
@@ -31,6 +32,36 @@ class RVITrainingPlan(TrainingPlan):
                 raise ValueError(f"modality_lr_multiplier[{name!r}] must be a positive number, got {value!r}.")
         self.modality_lr_multiplier = multipliers
         super().__init__(module, **kwargs)
+
+    def compute_and_log_metrics(self, loss_output, metrics, mode):
+        """scvi-tools' logging, except that with DDP the extra metrics (penalties) are logged outside
+        ``torch.inference_mode``.
+
+        scvi-tools logs every metric under ``torch.inference_mode``; with DDP (``sync_dist``) Lightning
+        later averages the logged values across processes *in place*, outside inference mode, which
+        fails on inference tensors ("Inplace update to inference tensor outside InferenceMode"). Our
+        models return extra metrics, so they are logged here under ``torch.no_grad`` instead.
+        """
+        if not self.use_sync_dist or not loss_output.extra_metrics:
+            return super().compute_and_log_metrics(loss_output, metrics, mode)
+        extra = loss_output.extra_metrics
+        loss_output.extra_metrics = {}
+        try:
+            super().compute_and_log_metrics(loss_output, metrics, mode)
+        finally:
+            loss_output.extra_metrics = extra
+        with torch.no_grad():
+            for key, value in extra.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0:
+                    continue  # scvi-tools does not log non-scalar extra metrics either
+                self.log(
+                    f"{key}_{mode}",
+                    value.detach() if isinstance(value, torch.Tensor) else value,
+                    on_step=self.on_step,
+                    on_epoch=self.on_epoch,
+                    batch_size=loss_output.n_obs_minibatch,
+                    sync_dist=True,
+                )
 
     def configure_optimizers(self):
         if not self.modality_lr_multiplier:

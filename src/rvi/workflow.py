@@ -10,8 +10,9 @@ Everything the Snakefile needs beyond wiring lives here so that pytest can check
   sections it depends on). Rules put it in ``params`` so that Snakemake's params rerun-trigger reruns a
   stage (and, through its changed outputs, everything downstream) when, and only when, that changes.
 * :class:`ResourceTable` turns the per-stage resource table into Snakemake resources, with memory growing
-  on retries, plus the LSF flags (queue, ``-M``/``rusage``/``-gpu``) that the LSF executor plugin cannot
-  express by itself.
+  on retries (capped at the queue's limit), plus the LSF flags (queue, ``-M``/``rusage``/``-gpu``) that
+  the LSF executor plugin cannot express by itself and the SLURM ones (partition, cpus, GPUs).
+  :func:`resource_problems` checks the table against the ``resources.queues`` limits at start.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ __all__ = [
     "load_config",
     "read_samples",
     "redirect_output",
+    "resource_problems",
     "run_rule",
     "sample_sheet_path",
     "stage_params",
+    "training_problems",
     "validate_config",
 ]
 
@@ -69,8 +72,12 @@ DEFAULT_RESOURCES = {
     "gpu": 0,
     "gpu_mem_mb": 0,
     "queue": "normal",
+    "partition": None,
+    "gpu_model": None,
     "lsf_extra_flags": "",
 }
+#: Resource keys that only GPU stages may set (``resources.default`` values apply to GPU stages only).
+GPU_KEYS = ("gpu", "gpu_mem_mb", "gpu_model")
 
 #: Shared config sections each stage reads besides its own section.
 _SHARED_SECTIONS = {
@@ -247,12 +254,7 @@ def _cross_key_problems(cfg: Mapping) -> list[str]:
         level = cfg[section]["level"]
         if level is not None and level not in levels:
             problems.append(f"bad value for '{section}.level': {level!r} (not one of labels.levels {levels})")
-    for section in ("train_rna", "train_multimodal"):
-        level = cfg[section]["metrics"]["label_level"]
-        if level is not None and level not in levels:
-            problems.append(
-                f"bad value for '{section}.metrics.label_level': {level!r} (not one of labels.levels {levels})"
-            )
+    problems += training_problems(cfg)
     if "atac" not in cfg["modalities"]:
         for key in ("min_fragments",):
             qc = cfg["train_rna"]["cell_qc"]
@@ -264,6 +266,80 @@ def _cross_key_problems(cfg: Mapping) -> list[str]:
     gt = cfg["ground_truth"]
     if gt["cres"] and "atac" not in cfg["modalities"]:
         problems.append("'ground_truth.cres' is set but modalities has no 'atac' (no CREs are selected)")
+    problems += resource_problems(cfg)
+    return problems
+
+
+def _device_count(devices) -> int | None:
+    """Devices a ``training.devices`` value asks for (None for ``"auto"``: Lightning decides)."""
+    if isinstance(devices, bool):
+        return None
+    if isinstance(devices, int):
+        return devices
+    if isinstance(devices, list | tuple):
+        return len(devices)
+    return None
+
+
+def training_problems(cfg: Mapping, stages: tuple[str, ...] = GPU_STAGES, key_prefix: str | None = None) -> list[str]:
+    """Cross-key checks of the training stages' sections (also run on each sweep experiment's merged section).
+
+    * ``metrics.label_level`` must be one of ``labels.levels``.
+    * GPU training must fit what the scheduler gives the job (``resources.<stage>.gpu``): ``accelerator: gpu``
+      needs ``gpu`` >= 1, ``devices: N`` (or a list of N device indices, each < ``gpu``) needs ``gpu`` >= N.
+    * Several devices train with DDP, one process per device (:mod:`rvi.stages.distributed`): ``devices`` > 1
+      needs a ``ddp`` strategy, and a ``ddp`` strategy needs an explicit ``devices`` count.
+
+    ``key_prefix`` names the section in the messages (default: the stage; sweeps pass
+    ``sweeps.experiments.<name>``).
+    """
+    problems = []
+    levels = cfg["labels"]["levels"]
+    res = ResourceTable(cfg)
+    for stage in stages:
+        key = key_prefix or stage
+        section = cfg[stage]
+        level = section["metrics"]["label_level"]
+        if level is not None and level not in levels:
+            problems.append(f"bad value for '{key}.metrics.label_level': {level!r} (not one of labels.levels {levels})")
+        training = section["training"]
+        accelerator, devices, strategy = training["accelerator"], training["devices"], training["strategy"]
+        n = _device_count(devices)
+        ddp = str(strategy).startswith("ddp")
+        if n is not None and n > 1 and not ddp:
+            problems.append(
+                f"'{key}.training.devices' = {devices!r} with strategy {strategy!r}: training on several devices "
+                "needs strategy: ddp (or ddp_find_unused_parameters_true when some parameters get no gradient)"
+            )
+        if ddp and training["early_stopping"]:
+            problems.append(
+                f"'{key}.training.early_stopping' is true with strategy {strategy!r}: scvi-tools disables early "
+                f"stopping under DDP, so training would silently run all max_epochs; set early_stopping: false "
+                f"and the max_epochs to train for"
+            )
+        if ddp and n is None:
+            problems.append(
+                f"'{key}.training.strategy' = {strategy!r} needs an explicit '{key}.training.devices' (the number of "
+                f"GPUs, one DDP process each, e.g. devices: 2 with resources.{stage}.gpu: 2), not {devices!r}"
+            )
+        if accelerator == "cpu":
+            continue  # CPU processes (e.g. DDP with gloo) do not use the job's GPUs
+        gpus = res.gpu(stage)
+        if accelerator in ("gpu", "cuda") and gpus == 0:
+            problems.append(
+                f"'{key}.training.accelerator' = {accelerator!r} but 'resources.{stage}.gpu' = 0: the job would get "
+                f"no GPU; set resources.{stage}.gpu (or accelerator: auto / cpu)"
+            )
+        elif n is not None and gpus > 0 and n > gpus:
+            problems.append(
+                f"'{key}.training.devices' = {devices!r} asks for {n} GPUs but 'resources.{stage}.gpu' = {gpus}: "
+                f"the scheduler gives the job {gpus}; set resources.{stage}.gpu: {n}"
+            )
+        elif isinstance(devices, list) and gpus > 0 and max(devices) >= gpus:
+            problems.append(
+                f"'{key}.training.devices' = {devices!r}: the job sees its {gpus} GPU(s) as indices 0-{gpus - 1} "
+                f"(resources.{stage}.gpu = {gpus}); use devices: {gpus} or indices below {gpus}"
+            )
     return problems
 
 
@@ -279,7 +355,9 @@ def load_config(
     Paths are relative to the current (Snakemake working) directory.
     """
     cfg = validate_config(config, schema_path)
-    problems = _cross_key_problems(cfg)
+    from rvi.sweeps import sweep_problems  # rvi.sweeps builds on this module
+
+    problems = _cross_key_problems(cfg) + sweep_problems(cfg, schema_path)
     if problems:
         raise ConfigError(problems)
     if check_sample_sheet and not cfg["demo_data"]["generate"]:
@@ -446,28 +524,40 @@ class ResourceTable:
     """Per-stage resources from the config's ``resources`` table.
 
     ``resources.<stage>`` overrides ``resources.default`` key by key; the GPU stages default to
-    ``gpu: 1``. Memory grows geometrically with
-    the Snakemake ``attempt`` (``--retries``): ``mem_mb * mem_attempt_factor ** (attempt - 1)``.
+    ``gpu: 1``, and the GPU keys (``gpu``, ``gpu_mem_mb``, ``gpu_model``) of ``resources.default`` apply to
+    GPU stages only, so a CPU stage never asks for a GPU. Memory grows geometrically with the Snakemake
+    ``attempt`` (``--retries``): ``mem_mb * mem_attempt_factor ** (attempt - 1)``, capped on retries at the
+    ``max_mem_mb`` of the stage's queue when ``resources.queues`` lists it (attempt 1 above that limit is a
+    start-time error, see :func:`resource_problems`).
     """
 
     def __init__(self, cfg: Mapping):
         table = cfg["resources"]
-        self.factor = float(table["mem_attempt_factor"])
-        self.default = {**DEFAULT_RESOURCES, **table["default"]}
-        self.table = {k: dict(v) for k, v in table.items() if k not in ("default", "mem_attempt_factor")}
+        self.factor = float(table.get("mem_attempt_factor", 1.5))
+        self.default = {**DEFAULT_RESOURCES, **table.get("default", {})}
+        self.queues = {str(k): dict(v) for k, v in (table.get("queues") or {}).items()}
+        self.table = {k: dict(v) for k, v in table.items() if k not in ("default", "mem_attempt_factor", "queues")}
 
     def spec(self, stage: str) -> dict:
         if stage not in STAGES:
             raise KeyError(f"unknown stage {stage!r} (stages: {list(STAGES)})")
-        # GPU stages ask for one GPU unless their own entry says otherwise (gpu: 0 trains on CPU).
-        gpu = {"gpu": 1} if stage in GPU_STAGES else {}
-        return {**self.default, **gpu, **self.table.get(stage, {})}
+        if stage in GPU_STAGES:
+            # GPU stages ask for one GPU unless their own entry says otherwise (gpu: 0 trains on CPU).
+            return {**self.default, "gpu": 1, **self.table.get(stage, {})}
+        cpu_default = {key: DEFAULT_RESOURCES[key] for key in GPU_KEYS}
+        return {**self.default, **cpu_default, **self.table.get(stage, {})}
 
     def threads(self, stage: str) -> int:
         return int(self.spec(stage)["threads"])
 
     def mem_mb(self, stage: str, attempt: int = 1) -> int:
-        return int(round(self.spec(stage)["mem_mb"] * self.factor ** (max(int(attempt), 1) - 1)))
+        base = int(self.spec(stage)["mem_mb"])
+        mem = int(round(base * self.factor ** (max(int(attempt), 1) - 1)))
+        cap = self.max_mem_mb(stage)
+        if cap is not None and mem > base:
+            # A retry never asks for more than the queue can give (that job would never start).
+            mem = max(min(mem, cap), base)
+        return mem
 
     def runtime(self, stage: str) -> int:
         return int(self.spec(stage)["runtime"])
@@ -475,8 +565,24 @@ class ResourceTable:
     def gpu(self, stage: str) -> int:
         return int(self.spec(stage)["gpu"])
 
+    def gpu_model(self, stage: str) -> str | None:
+        return self.spec(stage).get("gpu_model") or None
+
     def queue(self, stage: str) -> str:
         return str(self.spec(stage)["queue"])
+
+    def partition(self, stage: str) -> str:
+        """The SLURM partition: the entry's ``partition``, else its ``queue``."""
+        return str(self.spec(stage).get("partition") or self.queue(stage))
+
+    def queue_limits(self, stage: str) -> dict[str, dict]:
+        """Limits (``resources.queues`` entries) of the stage's queue and SLURM partition, when listed."""
+        names = dict.fromkeys([self.queue(stage), self.partition(stage)])
+        return {name: self.queues[name] for name in names if name in self.queues}
+
+    def max_mem_mb(self, stage: str) -> int | None:
+        limits = [int(q["max_mem_mb"]) for q in self.queue_limits(stage).values() if q.get("max_mem_mb")]
+        return min(limits) if limits else None
 
     def lsf_extra(self, stage: str, attempt: int = 1) -> str:
         """bsub flags the LSF plugin does not emit: ``-M``, ``select/rusage/span`` and ``-gpu``.
@@ -498,9 +604,13 @@ class ResourceTable:
     def rule_resources(self, stage: str) -> dict:
         """Keyword arguments for a rule's ``resources:`` (callables so ``attempt`` is honoured).
 
-        ``gpu`` is declared on the GPU stages (and any stage whose table entry asks for one). Snakemake's
-        local scheduler only constrains resources named in ``--resources``, so with plain ``--cores N``
-        a GPU stage still runs on a CPU-only machine (the model then trains with
+        Generic: ``mem_mb`` (per job, grows with ``attempt``), ``runtime`` (minutes) and, on the GPU stages
+        only, ``gpu`` (plus ``gpu_model`` when set and a GPU is requested). LSF: ``lsf_queue`` and
+        ``lsf_extra``. SLURM: ``slurm_partition`` and ``cpus_per_task`` (the rule's threads); the SLURM
+        plugin turns ``gpu``/``gpu_model`` into ``--gpus=[model:]N``. CPU stages carry no GPU key at all.
+
+        Snakemake's local scheduler only constrains resources named in ``--resources``, so with plain
+        ``--cores N`` a GPU stage still runs on a CPU-only machine (the model then trains with
         ``accelerator='auto'`` on the CPU); ``--resources gpu=1`` serialises GPU jobs on a GPU box.
         """
         res: dict[str, Any] = {
@@ -508,10 +618,141 @@ class ResourceTable:
             "runtime": self.runtime(stage),
             "lsf_queue": self.queue(stage),
             "lsf_extra": lambda wildcards, attempt: self.lsf_extra(stage, attempt),
+            "slurm_partition": self.partition(stage),
+            "cpus_per_task": lambda wildcards, threads: int(threads),
         }
-        if stage in GPU_STAGES or self.gpu(stage) > 0:
+        if stage in GPU_STAGES:
             res["gpu"] = self.gpu(stage)
+            if self.gpu(stage) > 0 and self.gpu_model(stage):
+                res["gpu_model"] = self.gpu_model(stage)
         return res
+
+
+def _active_stages(cfg: Mapping) -> list[str]:
+    """The stages a study runs (the others never submit a job, so their resources are not checked)."""
+    skip = set()
+    if not cfg["demo_data"]["generate"]:
+        skip.add("demo_data")
+    if "atac" not in cfg["modalities"]:
+        skip |= {"load_atac", "merge_atac", "select_cres", "train_multimodal"}
+    if not (cfg["ground_truth"]["cells"] or cfg["ground_truth"]["cres"]):
+        skip.add("ground_truth_report")
+    return [s for s in STAGES if s not in skip]
+
+
+def resource_problems(cfg: Mapping) -> list[str]:
+    """Start-time checks of the ``resources`` table of a schema-validated config (one line per problem).
+
+    * A CPU stage's own entry must not ask for a GPU (``gpu`` > 0, ``gpu_mem_mb`` > 0 or ``gpu_model``).
+    * Cluster studies (``resources.queues`` is given, or some entry names a queue/partition other than the
+      built-in ``normal``) need an entry of their own for each GPU stage they run (train_rna;
+      train_multimodal with the atac modality): otherwise training would silently get the CPU default.
+    * With ``resources.queues``: every queue and partition a running stage uses must be listed there;
+      its ``mem_mb`` (attempt 1; retries are capped at the limit) and ``runtime`` must fit the queue's
+      ``max_mem_mb`` / ``max_runtime``; a stage asking for a GPU needs a ``gpu: true`` queue, and a stage
+      without one must not sit on a GPU queue.
+    """
+    res = ResourceTable(cfg)
+    study = cfg["study"]
+    table = cfg["resources"]
+    problems = []
+
+    def where(stage: str, key: str, value) -> str:
+        """``'resources.<stage|default>.<key>' = value``: the config key the stage's value comes from."""
+        if key in res.table.get(stage, {}):
+            return f"'resources.{stage}.{key}' = {value!r}"
+        if key in table.get("default", {}) and not (stage not in GPU_STAGES and key in GPU_KEYS):
+            return f"'resources.default.{key}' = {value!r}"
+        return f"{key} = {value!r} (built-in default)"
+
+    def at(stage: str) -> str:
+        return f"study {study!r}, stage {stage}"
+
+    for stage in STAGES:
+        own = res.table.get(stage, {})
+        if stage in GPU_STAGES:
+            continue
+        asked = {k: own[k] for k in GPU_KEYS if own.get(k)}
+        if asked:
+            keys = ", ".join(f"'resources.{stage}.{k}' = {v!r}" for k, v in asked.items())
+            problems.append(
+                f"{at(stage)}: {keys}: {stage} runs on CPUs only (GPU stages: {', '.join(GPU_STAGES)}); remove it"
+            )
+
+    active = _active_stages(cfg)
+    named = {
+        str(entry[key])
+        for name, entry in table.items()
+        if isinstance(entry, Mapping) and name != "queues"
+        for key in ("queue", "partition")
+        if entry.get(key)
+    }
+    cluster_names = sorted(named - {DEFAULT_RESOURCES["queue"]})
+    missing = []
+    if res.queues or cluster_names:
+        why = "resources.queues is set" if res.queues else f"resources name queue(s) {cluster_names}"
+        for stage in GPU_STAGES:
+            if stage in active and stage not in res.table:
+                missing.append(stage)
+                problems.append(
+                    f"{at(stage)}: no 'resources.{stage}' entry, but this is a cluster study ({why}): give the "
+                    f"GPU stage its own threads, mem_mb, runtime, gpu and queue (it would otherwise get "
+                    f"resources.default: queue {res.queue(stage)!r}, mem_mb {res.mem_mb(stage)})"
+                )
+    if not res.queues:
+        return problems
+
+    known = sorted(res.queues)
+    for stage in active:
+        if stage in missing:  # reported above; its defaults would only add noise
+            continue
+        for key, name in (("queue", res.queue(stage)), ("partition", res.partition(stage))):
+            if key == "partition" and name == res.queue(stage):
+                continue
+            if name not in res.queues:
+                hint = difflib.get_close_matches(name, known, n=1)
+                did = f"; did you mean {hint[0]!r}?" if hint else ""
+                problems.append(
+                    f"{at(stage)}: {where(stage, key, name)} is not a queue of resources.queues{did} "
+                    f"(known: {', '.join(known)})"
+                )
+        mem, runtime, gpu = res.mem_mb(stage), res.runtime(stage), res.gpu(stage)
+        for name, limits in res.queue_limits(stage).items():
+            max_mem = limits.get("max_mem_mb")
+            if max_mem and mem > int(max_mem):
+                roomy = sorted(
+                    (
+                        q
+                        for q, lim in res.queues.items()
+                        if int(lim["max_mem_mb"]) >= mem and bool(lim.get("gpu")) == (gpu > 0)
+                    ),
+                    key=lambda q: int(res.queues[q]["max_mem_mb"]),
+                )
+                alt = f"; queue(s) with enough memory: {', '.join(roomy)}" if roomy else ""
+                problems.append(
+                    f"{at(stage)}: {where(stage, 'mem_mb', mem)} exceeds max_mem_mb {int(max_mem)} of queue "
+                    f"{name!r} (resources.queues.{name}){alt}"
+                )
+            max_runtime = limits.get("max_runtime")
+            if max_runtime and runtime > int(max_runtime):
+                problems.append(
+                    f"{at(stage)}: {where(stage, 'runtime', runtime)} minutes exceeds max_runtime "
+                    f"{int(max_runtime)} of queue {name!r} (resources.queues.{name})"
+                )
+            gpu_queue = bool(limits.get("gpu", False))
+            if gpu > 0 and not gpu_queue:
+                problems.append(
+                    f"{at(stage)}: {where(stage, 'gpu', gpu)} but queue {name!r} has no GPUs "
+                    f"(resources.queues.{name}.gpu is false): use a GPU queue "
+                    f"({', '.join(q for q in known if res.queues[q].get('gpu')) or 'none listed'})"
+                )
+            if gpu == 0 and gpu_queue:
+                fix = f", or set 'resources.{stage}.gpu' to train on a GPU" if stage in GPU_STAGES else ""
+                problems.append(
+                    f"{at(stage)}: requests no GPU but queue {name!r} is a GPU queue (resources.queues.{name}.gpu "
+                    f"is true): use a CPU queue{fix}"
+                )
+    return problems
 
 
 # --------------------------------------------------------------------------------------------------
@@ -605,13 +846,16 @@ def run_rule(stage: str, input=None, output=None, params=None, log=None, threads
     import traceback
 
     from rvi import stages
+    from rvi.stages.distributed import ddp_ranks
 
     func = stages.STAGE_FUNCTIONS[stage]
     kwargs = {**_named(input), **_named(output), **_named(params)}
     if wildcards is not None and stage == "notebook":
         kwargs["name"] = wildcards.notebook
     log_file = _plain(list(log)[0]) if log else None
-    with redirect_output(log_file), thread_limits(threads):
+    # Multi-GPU training (devices: N, strategy: ddp): this process is rank 0, the stage starts the others.
+    ranks = ddp_ranks(stage, kwargs, _named(output), threads)
+    with redirect_output(log_file), thread_limits(threads), ranks:
         start = time.time()
         print(f"[rvi] stage {stage} (python {sys.executable}, threads {threads})", flush=True)
         print(f"[rvi] params: {json.dumps(_named(params), default=str, sort_keys=True)}", flush=True)

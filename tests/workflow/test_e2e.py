@@ -2,7 +2,9 @@
 
 One Snakemake run (simulated data, 3 epochs) checks every rule's outputs, the executed notebooks
 and the kernel they ran on; a dry run after editing a train_rna parameter checks that only
-train_rna and what depends on it would rerun.
+train_rna and what depends on it would rerun. Then `snakemake sweep` runs the config's two experiments
+(one of them with DDP on 2 CPU processes) on the same outputs, and a dry run after editing one
+experiment checks that only that experiment would rerun.
 """
 
 from __future__ import annotations
@@ -139,3 +141,91 @@ def test_train_rna_param_change_reruns_only_downstream(tiny_run):
     assert DOWNSTREAM <= set(jobs), jobs
     assert not UPSTREAM & set(jobs), jobs
     assert set(jobs) <= DOWNSTREAM | {"notebook", "ground_truth_report", "all"}
+
+
+# ------------------------------------------------------------------------------------------------ sweeps
+# config/test_tiny.yaml sweeps train_rna with two experiments: `baseline` ({}) and `ddp_random_val`
+# (n_latent 3, random 20 % validation split, DDP on 2 CPU processes). `snakemake sweep` reuses the main
+# run's upstream outputs, so only the sweep's own jobs run here.
+SWEEP_JOBS = {"train_rna_sweep", "sweep_notebook", "sweep_metrics", "sweep"}
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tiny_run):
+    workdir, config = tiny_run
+    proc = snakemake(workdir, config, "sweep")
+    if proc.returncode != 0:
+        logs = sorted(workdir.glob("results/tiny/logs/*sweep*/*.log"))
+        text = "\n".join(f"== {p}\n{p.read_text()[-4000:]}" for p in logs)
+        pytest.fail(f"snakemake sweep failed:\n{proc.stderr[-4000:]}\n{text}")
+    return workdir, config, proc
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("snakemake_e2e")
+def test_sweep_runs_each_experiment_and_collects_one_row_each(tiny_sweep):
+    workdir, config, proc = tiny_sweep
+    # Only the sweep's jobs ran: the main pipeline's outputs were reused.
+    assert set(job_counts(proc.stderr + proc.stdout)) == SWEEP_JOBS, proc.stderr[-3000:]
+    out = workdir / "results" / "tiny"
+    experiments = yaml.safe_load(config.read_text())["sweeps"]["experiments"]
+    for name in experiments:
+        folder = out / "sweeps" / name
+        for path in ("model/model.pt", "latent.parquet", "umap.parquet", "metrics.csv", "history.csv", "cells.csv"):
+            assert (folder / path).exists(), (name, path)
+        assert (folder / "training_curves.png").exists() and (folder / "umap.png").exists()
+        nb = json.loads((folder / "train_rna.ipynb").read_text())
+        text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+        assert f"sweep {name}" in text  # the executed notebook says which experiment it shows
+        assert (out / "logs" / "train_rna_sweep" / f"{name}.log").exists()
+        assert (out / "benchmarks" / "train_rna_sweep" / f"{name}.tsv").exists()
+    table = pd.read_csv(out / "sweeps" / "metrics.csv")
+    assert list(table["experiment"]) == ["baseline", "ddp_random_val"]
+    assert set(table["stage"]) == {"train_rna"}
+    overrides = [c for c in table.columns if "." in c]
+    assert overrides == [
+        "model.n_latent",
+        "training.accelerator",
+        "training.devices",
+        "training.strategy",
+        "training.stratify",
+        "training.validation_fraction",
+    ]
+    ddp = table.set_index("experiment").loc["ddp_random_val"]
+    assert ddp["model.n_latent"] == 3 and ddp["training.devices"] == 2 and ddp["training.strategy"] == "ddp"
+    assert table.set_index("experiment").loc["baseline", overrides].isna().all()
+    assert {"batch_mixing_library", "n_epochs", "elbo_validation_last"} <= set(table.columns)
+    assert (table["n_epochs"] == 3).all()
+    # Each experiment trained with its own settings: latent size and validation split.
+    assert pd.read_parquet(out / "sweeps" / "ddp_random_val" / "latent.parquet").shape[1] == 3
+    assert pd.read_parquet(out / "sweeps" / "baseline" / "latent.parquet").shape[1] == 4
+    cells = pd.read_csv(out / "sweeps" / "ddp_random_val" / "cells.csv", index_col=0)
+    kept = cells[cells["pass_qc"]]
+    assert abs((kept["split"] == "validation").mean() - 0.2) < 0.01
+    # DDP: the second rank ran inside the job and left its log in the job's log, nothing in the workdir.
+    log = (out / "logs" / "train_rna_sweep" / "ddp_random_val.log").read_text()
+    assert "DDP: 2 processes" in log and "DDP rank 1: training done" in log
+    assert not (workdir / "lightning_logs").exists()
+    assert not list(out.rglob(".*.tmp-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("snakemake_e2e")
+def test_editing_one_experiment_reruns_only_that_experiment(tiny_sweep):
+    workdir, config, _ = tiny_sweep
+    assert job_counts(snakemake(workdir, config, "-n", "sweep").stdout) == {}
+    raw = yaml.safe_load(config.read_text())
+    raw["sweeps"]["experiments"]["ddp_random_val"]["model"]["n_latent"] = 2
+    edited = workdir / "edited_sweep.yaml"
+    edited.write_text(yaml.safe_dump(raw))
+    proc = snakemake(workdir, edited, "-n", "sweep")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert job_counts(proc.stdout) == {"train_rna_sweep": 1, "sweep_notebook": 1, "sweep_metrics": 1, "sweep": 1}
+    assert set(re.findall(r"wildcards: experiment=(\S+)", proc.stdout)) == {"ddp_random_val"}
+    assert "reason: Params have changed" in proc.stdout
+    # A change of the stage's own section reaches every experiment (they inherit it).
+    raw = yaml.safe_load(config.read_text())
+    raw["train_rna"]["embedding"]["n_neighbors"] = 12
+    edited.write_text(yaml.safe_dump(raw))
+    jobs = job_counts(snakemake(workdir, edited, "-n", "sweep").stdout)
+    assert jobs["train_rna_sweep"] == 2, jobs

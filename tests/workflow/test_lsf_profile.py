@@ -33,6 +33,8 @@ CASES = {  # name: (study, rule)
     "immune_merge_rna": ("immune", "merge_rna"),
     "bone_marrow_train_multimodal": ("bone_marrow", "train_multimodal"),
     "embryo_train_multimodal": ("embryo", "train_multimodal"),
+    # one job of the immune config's experiment sweep (rule train_rna_sweep, first experiment)
+    "immune_train_rna_sweep": ("immune", "train_rna_sweep"),
 }
 
 
@@ -77,6 +79,7 @@ def _prepare(work: Path, study: str, rule: str) -> list[str]:
         f"{study}.yaml",
         "--until",
         rule,
+        *(["sweep"] if rule.endswith("_sweep") else []),  # sweep jobs are not part of `all`
     ]
     # The rule's inputs (from a dry run's job listing), created empty so only `rule` is to run.
     dry = subprocess.run([*cmd, "-n"], cwd=work, capture_output=True, text=True, env=_env(work / "dry.jsonl"))
@@ -205,3 +208,129 @@ def test_profile_settings():
     assert prof["retries"] == 2
     assert prof["rerun-incomplete"] is True
     assert "SNAKEMAKE_LSF_MEMFMT=perjob" in (ROOT / "profiles" / "lsf" / "env.sh").read_text()
+
+
+# ------------------------------------------------------------------------------------------------ sweeps
+
+
+def test_sweep_job_gets_the_stage_resources(bsub_calls):
+    """A sweep experiment is its own cluster job with exactly train_rna's queue, cores, memory and GPU flags."""
+    sweep, main = bsub_calls["immune_train_rna_sweep"][0], bsub_calls["immune_train_rna"][0]
+    job = sweep[sweep.index("-J") + 1]
+    # Which experiment Snakemake submits first is not fixed; it must be one of the config's.
+    match = re.match(r"Snakemake_rule_train_rna_sweep:experiment=([^_]+(?:_[^_]+)*?)___\(", job)
+    assert match, job
+    experiment = match.group(1)
+    assert experiment in yaml.safe_load((ROOT / "config" / "immune.yaml").read_text())["sweeps"]["experiments"]
+    assert _flags(sweep) == _flags(main)
+    assert _one(sweep, "-q") == "gpu-normal"
+    assert _one(sweep, "-gpu") == "mode=shared:j_exclusive=yes:gmem=80000:num=1"
+    assert "--target-jobs" in sweep[-1] and f"train_rna_sweep:experiment={experiment}" in sweep[-1]
+    # retries grow the sweep job's memory like the stage's
+    assert [_one(a, "-M") for a in bsub_calls["immune_train_rna_sweep"]] == [
+        _one(a, "-M") for a in bsub_calls["immune_train_rna"]
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ software
+
+ACTIVATE = ". profiles/activate.sh"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_job_activates_the_environment_first(bsub_calls, name):
+    """The profile's precommand leads every job command: activation, then the nested Snakemake."""
+    for argv in bsub_calls[name]:
+        command = argv[-1]
+        assert command.startswith(f"{ACTIVATE} && "), command[:200]
+        assert re.search(r" && \S*python\S* -m snakemake ", command), command[:300]
+
+
+def test_recorded_precommand_activates_in_the_repository(bsub_calls, tmp_path):
+    """The activation part of a recorded job command, run by sh in the repository root, gives a Python with
+    rvi and snakemake (the repository's .venv, or the environment running these tests)."""
+    command = bsub_calls["immune_train_rna"][0][-1]
+    precommand = command.split(" && ", 1)[0]
+    env = {**os.environ, "RVI_VENV": sys.prefix}
+    env.pop("RVI_CONDA_ENV", None)
+    env.pop("RVI_MODULES", None)
+    probe = f'{precommand} && python -c "import rvi, snakemake, sys; print(sys.prefix)"'
+    proc = subprocess.run(["sh", "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == sys.prefix
+
+
+def _activate(tmp_path: Path, **env_vars: str) -> subprocess.CompletedProcess:
+    """Source profiles/activate.sh with sh (dash on Debian) under a minimal environment."""
+    bin_dir = tmp_path / "bin"
+    env = {"PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin", "HOME": str(tmp_path), **env_vars}
+    probe = f'{ACTIVATE} && echo "python=$(command -v python) conda_env=${{CONDA_DEFAULT_ENV:-}}"'
+    return subprocess.run(["sh", "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _standin(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+def _fake_venv(folder: Path, python: str) -> Path:
+    """A folder with bin/activate (puts bin/ first on PATH) and a bin/python that runs ``python``."""
+    _standin(folder / "bin" / "python", f'#!/bin/sh\nexec {python} "$@"\n')
+    (folder / "bin" / "activate").write_text(f'PATH="{folder / "bin"}:$PATH"; export PATH\n')
+    return folder
+
+
+requires_venv = pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="tests run outside a virtualenv")
+
+
+@requires_venv
+def test_activate_falls_back_to_the_virtualenv(tmp_path):
+    proc = _activate(tmp_path, RVI_VENV=sys.prefix)
+    assert proc.returncode == 0, proc.stderr
+    assert f"python={sys.prefix}/bin/python " in proc.stdout
+
+
+def test_activate_fails_loudly_without_an_environment(tmp_path):
+    proc = _activate(tmp_path, RVI_VENV=str(tmp_path / "missing"))
+    assert proc.returncode != 0
+    assert "no environment to activate: RVI_CONDA_ENV is not set" in proc.stderr
+    assert f"'{tmp_path / 'missing'}/bin/activate' does not exist" in proc.stderr
+
+
+def test_activate_fails_when_the_environment_lacks_the_packages(tmp_path):
+    # -S: no site-packages, so neither rvi (editable install) nor snakemake can be imported
+    venv = _fake_venv(tmp_path / "bare", f"{sys.executable} -S")
+    proc = _activate(tmp_path, RVI_VENV=str(venv))
+    assert proc.returncode != 0
+    assert "cannot import rvi, snakemake" in proc.stderr
+    assert "the activated environment lacks the workflow's packages" in proc.stderr
+
+
+@requires_venv
+def test_activate_loads_modules_then_the_conda_env(tmp_path):
+    log = tmp_path / "module.log"
+    _standin(tmp_path / "bin" / "module", f'#!/bin/sh\necho "$@" >> {log}\n')
+    # `conda shell.posix hook` prints a conda() function; `conda activate <env>` puts the env first on PATH.
+    hook = (
+        'conda() { [ "$1" = activate ] && [ "$2" = rvi-test ] || return 1; '
+        f'CONDA_DEFAULT_ENV="$2"; PATH="{sys.prefix}/bin:$PATH"; export CONDA_DEFAULT_ENV PATH; }}'
+    )
+    _standin(tmp_path / "bin" / "conda", f"#!/bin/sh\ncat <<'HOOK'\n{hook}\nHOOK\n")
+    proc = _activate(tmp_path, RVI_MODULES="cuda/12.4 gcc/12", RVI_CONDA_ENV="rvi-test")
+    assert proc.returncode == 0, proc.stderr
+    assert log.read_text().split() == ["load", "cuda/12.4", "gcc/12"]
+    assert f"python={sys.prefix}/bin/python conda_env=rvi-test" in proc.stdout
+    bad = _activate(tmp_path, RVI_CONDA_ENV="missing-env")
+    assert bad.returncode != 0 and "'conda activate missing-env' failed" in bad.stderr
+
+
+def test_activate_fails_when_modules_are_asked_for_without_module(tmp_path):
+    inits = ["/etc/profile.d/modules.sh", "/usr/share/lmod/lmod/init/sh", "/usr/share/Modules/init/sh"]
+    if any(Path(p).exists() for p in inits):
+        pytest.skip("this machine has environment modules")
+    proc = _activate(tmp_path, RVI_MODULES="cuda/12.4", RVI_VENV=sys.prefix)
+    assert proc.returncode != 0
+    assert "RVI_MODULES='cuda/12.4' is set but there is no 'module' command" in proc.stderr
+    proc = _activate(tmp_path, RVI_CONDA_ENV="rvi")
+    assert proc.returncode != 0 and "RVI_CONDA_ENV='rvi' is set but no conda is found" in proc.stderr

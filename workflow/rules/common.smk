@@ -1,6 +1,7 @@
 # Shared wiring: validated config, output paths, sample-sheet lookups. Functions only (no rules).
 # All logic lives in rvi.workflow (config, resources) and rvi.stages (what each rule does).
 
+import re
 from pathlib import Path
 
 from rvi.workflow import (
@@ -13,6 +14,7 @@ from rvi.workflow import (
     sample_sheet_path,
     stage_params,
 )
+from rvi.sweeps import sweep_experiments, sweep_params, sweep_stage
 
 # Stops here, before any job, with a message naming every bad key/value or sample-sheet problem.
 CFG = load_config(config)
@@ -221,3 +223,58 @@ def ground_truth_inputs(wildcards):
     if gt["cres"]:
         inputs |= {"cre_truth": gt["cres"], "cres": out("cres.csv")}
     return inputs
+
+
+# --------------------------------------------------------------------------------------------------
+# Sweeps (config `sweeps:`, rules in sweeps.smk): one training job per experiment under
+# results/{study}/sweeps/{experiment}/, with the files of the swept stage's own model folder.
+# --------------------------------------------------------------------------------------------------
+
+SWEEP_STAGE = sweep_stage(CFG)
+SWEEP_EXPERIMENTS = sweep_experiments(CFG)
+SWEEP_PARAMS = {name: sweep_params(CFG, name) for name in SWEEP_EXPERIMENTS}
+_SWEEP_MAIN = {
+    "train_rna": (RNA_MODEL, "rna_model"),
+    "train_multimodal": (MULTIMODAL_MODEL, "multimodal_model"),
+}
+
+
+def sweep_out(name, experiment="{experiment}"):
+    """A path under results/{study}/sweeps/{experiment}/."""
+    return out(f"sweeps/{experiment}/{name}")
+
+
+if SWEEP_STAGE:
+    # The experiment's files: the same names as the stage's own model folder.
+    _main_files, _main_folder = _SWEEP_MAIN[SWEEP_STAGE]
+    SWEEP_MODEL = {k: sweep_out(v[len(out(_main_folder)) + 1 :]) for k, v in _main_files.items()}
+    SWEEP_MODEL_DIR = sweep_out("model")
+    SWEEP_NOTEBOOK = sweep_out(f"{SWEEP_STAGE}.ipynb")
+    # The stage notebook's inputs, with the stage's model files swapped for the experiment's.
+    _main_keys = {path: key for key, path in _main_files.items()}
+    SWEEP_NOTEBOOK_INPUTS = {
+        k: SWEEP_MODEL[_main_keys[v]] if v in _main_keys else v for k, v in NOTEBOOK_INPUTS[SWEEP_STAGE].items()
+    }
+    _SWEEP_WILDCARD = "|".join(re.escape(name) for name in SWEEP_EXPERIMENTS)
+    TARGETS["sweep"] = [
+        out("sweeps/metrics.csv"),
+        *(SWEEP_NOTEBOOK.format(experiment=name) for name in SWEEP_EXPERIMENTS),
+    ]
+
+
+def sweep_cfg(wildcards):
+    return SWEEP_PARAMS[wildcards.experiment]
+
+
+def sweep_notebook_inputs(wildcards):
+    files = {k: v.format(experiment=wildcards.experiment) for k, v in SWEEP_NOTEBOOK_INPUTS.items()}
+    return {"template": str(NOTEBOOK_DIR / f"{SWEEP_STAGE}.ipynb"), **files}
+
+
+def sweep_targets(wildcards):
+    if not SWEEP_STAGE:
+        raise ValueError(
+            f"config of study {CFG['study']!r} has no sweep: add a 'sweeps' section with 'stage' (train_rna or "
+            "train_multimodal) and 'experiments' ({name: overrides of that stage's section}); see docs/workflow.md"
+        )
+    return TARGETS["sweep"]

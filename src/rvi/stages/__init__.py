@@ -28,7 +28,7 @@ from rvi.stages.models import (
     train_multimodal,
     train_rna,
 )
-from rvi.stages.report import ground_truth_report, notebook
+from rvi.stages.report import ground_truth_report, notebook, sweep_metrics, sweep_table
 
 STAGE_FUNCTIONS = {
     "demo_data": demo_data,
@@ -44,6 +44,7 @@ STAGE_FUNCTIONS = {
     "train_multimodal": train_multimodal,
     "ground_truth_report": ground_truth_report,
     "notebook": notebook,
+    "sweep_metrics": sweep_metrics,
 }
 
 __all__ = [
@@ -72,6 +73,8 @@ __all__ = [
     "select_cres",
     "select_genes",
     "stratified_split",
+    "sweep_metrics",
+    "sweep_table",
     "train_multimodal",
     "train_rna",
 ]

@@ -3,6 +3,8 @@ stratified validation split, training arguments, kNN / UMAP / Leiden, metrics an
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -10,6 +12,7 @@ import pandas as pd
 
 from rvi.io.atomic import atomic_dir, atomic_path, save_figure, write_csv, write_parquet
 from rvi.stages._util import pyplot
+from rvi.stages.distributed import DistributedWorkerDone, is_worker, mark_training_done, world_size
 
 
 def cell_qc_table(
@@ -79,6 +82,20 @@ def stratified_split(
     return train_idx, val_idx
 
 
+def validation_split(
+    obs: pd.DataFrame, label: pd.Series, library_key: str, training: Mapping
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train/validation positions: stratified by label x library (:func:`stratified_split`), or uniformly at
+    random with ``training.stratify: false`` (``round(validation_fraction * n)`` cells, seeded)."""
+    fraction, seed = training["validation_fraction"], training["seed"]
+    if training.get("stratify", True):
+        return stratified_split(obs, label, library_key, fraction, seed)
+    rng = np.random.default_rng(seed)
+    val_idx = np.sort(rng.choice(len(obs), size=int(round(fraction * len(obs))), replace=False)).astype(np.int64)
+    train_idx = np.setdiff1d(np.arange(len(obs)), val_idx).astype(np.int64)
+    return train_idx, val_idx
+
+
 def select_genes(adata, features: Mapping, threads: int = 1):
     """Highly variable genes: seurat_v3 on raw counts if scikit-misc is present, else cell_ranger on
     log-normalised counts (``flavor`` in the config forces one)."""
@@ -134,6 +151,12 @@ def _train_kwargs(training: Mapping, train_idx: np.ndarray, val_idx: np.ndarray)
         kwargs["early_stopping_monitor"] = "elbo_validation"
     if training["early_stopping_min_delta_per_feature"] is not None:
         kwargs["early_stopping_min_delta_per_feature"] = training["early_stopping_min_delta_per_feature"]
+    if world_size(training) > 1 and "LOCAL_RANK" in os.environ:
+        # Ranks started by rvi.stages.distributed.ddp_ranks: Lightning must join them (LOCAL_RANK, MASTER_PORT)
+        # rather than detect the scheduler's environment (SLURM_NTASKS, LSF) and expect srun/jsrun ranks.
+        from lightning.fabric.plugins.environments import LightningEnvironment
+
+        kwargs["plugins"] = [LightningEnvironment()]
     return kwargs
 
 
@@ -148,7 +171,18 @@ def _build_and_train(model_cls, data, model_cfg: Mapping, training: Mapping, tra
         **model_cfg["module_kwargs"],
     )
     print(vae)
-    vae.train(**_train_kwargs(training, train_idx, val_idx))
+    kwargs = _train_kwargs(training, train_idx, val_idx)
+    if world_size(training) > 1:
+        # Under DDP scvi-tools saves its history logger to disk (default: ./lightning_logs in the working
+        # directory, i.e. the repository): keep it in a temporary folder instead.
+        with tempfile.TemporaryDirectory(prefix="rvi-ddp-log-") as log_dir:
+            vae.train(**kwargs, log_save_dir=log_dir)
+    else:
+        vae.train(**kwargs)
+    mark_training_done()
+    if is_worker():
+        # A DDP worker rank (rvi.stages.distributed): rank 0 alone computes and writes the outputs.
+        raise DistributedWorkerDone()
     hist = history_frame(vae.history_)
     print(f"trained {len(hist)} epochs")
     return vae, hist
@@ -359,9 +393,7 @@ def train_rna(
     adata = select_genes(adata, spec["features"], threads)
 
     label = finest_label(adata.obs, levels)
-    train_idx, val_idx = stratified_split(
-        adata.obs, label, cov["library_key"], training["validation_fraction"], training["seed"]
-    )
+    train_idx, val_idx = validation_split(adata.obs, label, cov["library_key"], training)
     split = pd.Series("train", index=adata.obs_names)
     split.iloc[val_idx] = "validation"
     qc_table["split"] = split.reindex(qc_table.index).fillna("excluded")
@@ -476,9 +508,7 @@ def train_multimodal(
     print(f"multiome: {mdata.n_obs} cells; rna {mdata['rna'].n_vars} genes, atac {mdata['atac'].n_vars} CREs")
     labels = pd.read_csv(annotation, index_col=0).reindex(mdata.obs_names)
     strat = finest_label(labels, levels) if levels else labels["cluster"].astype(str)
-    train_idx, val_idx = stratified_split(
-        mdata.obs, strat, cov["library_key"], training["validation_fraction"], training["seed"]
-    )
+    train_idx, val_idx = validation_split(mdata.obs, strat, cov["library_key"], training)
 
     RegularizedMultimodalVI.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, **setup)
     vae, hist = _build_and_train(RegularizedMultimodalVI, mdata, spec["model"], training, train_idx, val_idx)

@@ -173,6 +173,72 @@ def cre_precision_rows(table: pd.DataFrame, truth: pd.DataFrame, top_n: int, par
 
 
 # --------------------------------------------------------------------------------------------------
+# sweeps
+# --------------------------------------------------------------------------------------------------
+
+
+def _cell(value):
+    """An override as one CSV cell: scalars as they are, lists and mappings as JSON."""
+    import json
+
+    if isinstance(value, list | tuple | Mapping):
+        return json.dumps(value, sort_keys=True, default=str)
+    return value
+
+
+def sweep_table(
+    experiments: Sequence[str], metrics: Sequence[str], history: Sequence[str], overrides: Mapping
+) -> pd.DataFrame:
+    """One row per experiment: its model's metrics (the ``rvi`` row of metrics.csv), a training summary
+    (``n_epochs``, last and best ``elbo_validation``) and its flattened overrides (``training.seed``, ...)."""
+    from rvi.sweeps import flatten_overrides
+
+    if not (len(experiments) == len(metrics) == len(history)):
+        raise ValueError(
+            f"sweep table: {len(experiments)} experiments but {len(metrics)} metrics and {len(history)} history files"
+        )
+    rows, override_cols = [], {}
+    for name, metrics_path, history_path in zip(experiments, metrics, history):
+        table = pd.read_csv(metrics_path, index_col=0)
+        if table.empty:
+            raise ValueError(f"sweep experiment {name!r}: {metrics_path} has no rows")
+        row = {"experiment": name}
+        row |= table.loc["rvi"].to_dict() if "rvi" in table.index else table.iloc[0].to_dict()
+        hist = pd.read_csv(history_path, index_col=0)
+        row["n_epochs"] = len(hist)
+        if "elbo_validation" in hist and hist["elbo_validation"].notna().any():
+            row["elbo_validation_last"] = float(hist["elbo_validation"].dropna().iloc[-1])
+            row["elbo_validation_min"] = float(hist["elbo_validation"].min())
+        flat = {k: _cell(v) for k, v in flatten_overrides(overrides.get(name) or {}).items()}
+        override_cols |= dict.fromkeys(flat)
+        rows.append((row, flat))
+    frame = pd.DataFrame([row for row, _ in rows])
+    clash = sorted(set(override_cols) & set(frame.columns))
+    if clash:
+        raise ValueError(f"sweep table: override key(s) {clash} collide with metric columns")
+    for col in sorted(override_cols):
+        # object dtype: an integer override stays an integer next to experiments that do not set it
+        frame[col] = pd.Series([flat.get(col, np.nan) for _, flat in rows], index=frame.index, dtype=object)
+    return frame
+
+
+def sweep_metrics(
+    metrics: Sequence[str],
+    history: Sequence[str],
+    table: str,
+    stage: str,
+    experiments: Sequence[str],
+    overrides: Mapping,
+    threads: int = 1,
+) -> None:
+    """Collect every sweep experiment's metrics into one CSV (written atomically), one row per experiment."""
+    frame = sweep_table(list(experiments), list(metrics), list(history), overrides)
+    frame.insert(1, "stage", stage)
+    print(frame.to_string(index=False))
+    write_csv(frame, table, index=False)
+
+
+# --------------------------------------------------------------------------------------------------
 # notebooks
 # --------------------------------------------------------------------------------------------------
 
