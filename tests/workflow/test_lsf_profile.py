@@ -234,6 +234,8 @@ def test_sweep_job_gets_the_stage_resources(bsub_calls):
 
 # ------------------------------------------------------------------------------------------------ software
 
+# The profile says '. "${RVI_ACTIVATE:-profiles/activate.sh}"'; the plugin runs bsub through a shell, which
+# expands it at submission (RVI_ACTIVATE is unset here).
 ACTIVATE = ". profiles/activate.sh"
 
 

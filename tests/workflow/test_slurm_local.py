@@ -59,6 +59,9 @@ def slurm_env(tmp_path_factory):
     """A running local cluster; yields the environment (SLURM_CONF set) that reaches it. Always stopped."""
     state = tmp_path_factory.mktemp("slurm")
     env = {**os.environ, "RVI_SLURM_DIR": str(state), "SLURM_CONF": str(state / "slurm.conf")}
+    # Jobs work in a temporary directory: point the profile's precommand at the repository's script
+    # and environment (sbatch passes the submitting environment on to the jobs).
+    env |= {"RVI_ACTIVATE": str(REPO / "profiles" / "activate.sh"), "RVI_VENV": sys.prefix}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), SBIN])
     try:
         started = _script("start", env)
