@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from rvi.workflow import ConfigError, load_config, read_samples, sample_sheet_path, validate_config
+from tests.workflow import REPO, snakemake
 
-REPO = Path(__file__).resolve().parents[2]
 CONFIGS = ["demo", "test_tiny", "immune", "bone_marrow", "embryo"]
 SHEET_COLUMNS = ["sample", "library", "dataset", "donor", "rna_path", "fragments_path", "labels_path"]
 
@@ -198,25 +196,7 @@ def test_snakemake_stops_before_any_job(tmp_path):
     raw["train_rna"]["training"]["max_epoch"] = 3
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump(raw))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(REPO / "workflow" / "Snakefile"),
-            "--directory",
-            str(tmp_path),
-            "--configfile",
-            str(config),
-            "-n",
-            "--cores",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = snakemake(tmp_path, config, "-n", cores=1, timeout=120)
     assert proc.returncode != 0
     assert "unknown key 'train_rna.training.max_epoch'; did you mean 'max_epochs'" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
@@ -224,24 +204,7 @@ def test_snakemake_stops_before_any_job(tmp_path):
 
 def test_template_study_reports_missing_inputs(tmp_path):
     """Real-study templates pass the schema and stop on their (absent) cluster input files."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(REPO / "workflow" / "Snakefile"),
-            "--configfile",
-            str(REPO / "config" / "immune.yaml"),
-            "-n",
-            "--cores",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
+    proc = snakemake(None, REPO / "config" / "immune.yaml", "-n", cores=1, timeout=120, cwd=REPO)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "missing input file(s)" in out and "/lustre/" in out

@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from tests.workflow import snakemake
 from tests.workflow.test_config import rows, write_sheet
 from tests.workflow.test_e2e import job_counts
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def dry_run(workdir: Path, config: dict, *targets: str) -> subprocess.CompletedProcess:
     path = workdir / "study.yaml"
     path.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile")]
-    cmd += ["--directory", str(workdir), "--configfile", str(path), "-n", "--cores", "2", *targets]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return snakemake(workdir, path, "-n", *targets, timeout=120)
 
 
 def test_multiome_dag(tmp_path):

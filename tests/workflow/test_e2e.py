@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,16 +18,10 @@ import pandas as pd
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-SNAKEFILE = REPO / "workflow" / "Snakefile"
+from tests.workflow import REPO, snakemake
+
 UPSTREAM = {"demo_data", "load_rna", "merge_rna", "scrublet", "merge_scrublet", "load_atac", "merge_atac"}
 DOWNSTREAM = {"train_rna", "annotate", "select_cres", "train_multimodal"}
-
-
-def snakemake(workdir: Path, config: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir)]
-    cmd += ["--configfile", str(config), "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -19,8 +16,7 @@ from rvi.workflow import (
     load_config,
     stage_params,
 )
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.workflow import REPO, snakemake
 
 
 def study(name: str) -> dict:
@@ -251,9 +247,7 @@ def test_snakemake_stops_at_parse_time_on_a_resource_problem(tmp_path):
     raw["resources"]["train_rna"]["mem_mb"] = 400000
     config = tmp_path / "bm.yaml"
     config.write_text(yaml.safe_dump(raw))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile")]
-    cmd += ["--directory", str(tmp_path), "--configfile", str(config), "-n", "--cores", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = snakemake(tmp_path, config, "-n", cores=1, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "study 'bone_marrow', stage train_rna: 'resources.train_rna.mem_mb' = 400000 exceeds max_mem_mb" in out
