@@ -154,8 +154,11 @@ class RegularizedVAE(BaseModuleClass):
             self.library_encoders[m.name] = LibraryEncoder(
                 n_in, centering=c, n_cat_in=n_enc_cat, dropout_rate=0.0, **fc
             )
+            self.library[m.name] = LearnedLibrary(
+                torch.tensor(m.log_lib_mean), torch.tensor(m.log_lib_var), c, library_prior_var_scale
+            )
             # exp(G), the typical library size: the decoder's softplus works on fractions of it.
-            typical_library = float(torch.tensor(m.log_lib_mean, dtype=torch.float64).mean().exp())
+            typical_library = float(self.library[m.name].global_offset.exp())
             self.decoders[m.name] = Decoder(
                 self.n_latent_total + n_continuous_cov,
                 m.n_features,
@@ -170,9 +173,6 @@ class RegularizedVAE(BaseModuleClass):
             init_theta = None if m.init_theta is None else torch.tensor(m.init_theta, dtype=torch.float32)
             self.dispersion[m.name] = HierarchicalDispersion(
                 m.n_features, n_disp, dispersion_lambda_shape, dispersion_lambda_rate, init_theta=init_theta
-            )
-            self.library[m.name] = LearnedLibrary(
-                torch.tensor(m.log_lib_mean), torch.tensor(m.log_lib_var), c, library_prior_var_scale
             )
             amb_cols = self.cols.get("ambient", [])
             if m.additive_background and amb_cols:
