@@ -146,13 +146,30 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         if early_stopping_min_delta_per_feature is not None:
             n_features = sum(m.n_features for m in self.module.modalities)
             kwargs["early_stopping_min_delta"] = float(early_stopping_min_delta_per_feature) * n_features
-        return super().train(
+        # scvi-tools validates only with early stopping unless asked; users read history_ either way.
+        train_size = kwargs.get("train_size")
+        if train_size is None or train_size < 1.0:
+            kwargs.setdefault("check_val_every_n_epoch", 1)
+        result = super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,
             early_stopping=early_stopping,
             plan_kwargs=plan_kwargs,
             **kwargs,
         )
+        self._complete_history()
+        return result
+
+    def _complete_history(self) -> None:
+        """Every ``*_train`` key of ``history_`` gets its ``*_validation`` twin (NaN without a validation set)."""
+        history = getattr(self, "history_", None)
+        if not history:
+            return
+        for key in [k for k in history if k.endswith("_train")]:
+            twin = key[: -len("_train")] + "_validation"
+            if twin not in history:
+                frame = history[key]
+                history[twin] = pd.DataFrame(np.nan, index=frame.index, columns=[twin])
 
     # ------------------------------------------------------------------ getters
     def _batches(self, adata=None, indices=None, batch_size: int | None = None):
@@ -187,37 +204,107 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             out.append(inf["z"].cpu())
         return torch.cat(out).numpy()
 
+    def _transformed_codes(self, cat: torch.Tensor, transform_batch) -> list[torch.Tensor]:
+        """Copies of the categorical tensor with the nn-conditioning column(s) set to ``transform_batch``.
+
+        ``transform_batch`` is a category of the (single) nn-conditioning key, a list of them (the
+        decoded values are averaged, as in scvi-tools), or ``{key: category}`` for several keys.
+        """
+        keys = self.covariate_spec.nn_conditioning_covariate_keys
+        if not keys:
+            raise ValueError(
+                "transform_batch needs nn_conditioning_covariate_keys: this model's decoder is batch-free, "
+                "so its normalized expression is the same for every batch."
+            )
+        if isinstance(transform_batch, dict):
+            unknown = sorted(set(transform_batch) - set(keys))
+            if unknown:
+                raise KeyError(f"transform_batch keys {unknown} are not nn-conditioning keys; those are {keys}.")
+            choices = [transform_batch]
+        else:
+            if len(keys) > 1:
+                raise ValueError(f"The decoder is conditioned on {keys}: pass transform_batch={{key: category}}.")
+            values = transform_batch if isinstance(transform_batch, list | tuple) else [transform_batch]
+            choices = [{keys[0]: v} for v in values]
+        columns = self.covariate_spec.categorical_columns
+        out = []
+        for choice in choices:
+            codes = cat.clone()
+            for key, value in choice.items():
+                names = self._category_names(key)
+                if str(value) not in names:
+                    raise KeyError(f"transform_batch: {value!r} is not a category of {key!r}; categories: {names}.")
+                codes[:, columns.index(key)] = names.index(str(value))
+            out.append(codes)
+        return out
+
     @torch.inference_mode()
     def get_normalized_expression(
         self,
         adata=None,
         indices=None,
         modality: str | None = None,
+        transform_batch=None,
+        gene_list: list[str] | None = None,
         library_size: float | str = 1.0,
+        n_samples: int = 1,
         batch_size: int | None = None,
+        return_mean: bool = True,
         return_numpy: bool = False,
     ) -> pd.DataFrame | np.ndarray:
-        """Decoder rho (library-normalised, batch-free, without ambient or technical scaling).
+        """Decoded expression, with scvi-tools' signature and semantics.
 
-        ``library_size="latent"`` returns the expected counts mu = l (rho + s) y instead; a number
-        multiplies rho.
+        ``library_size`` a number: the decoder's rho (batch-free, without ambient background or technical
+        feature scaling) as fractions of each cell's total, times ``library_size`` (each row sums to it;
+        1 gives frequencies). ``library_size="latent"``: the expected counts mu = l (rho + s) y.
+        ``n_samples`` > 1 decodes that many posterior draws of z (averaged unless ``return_mean=False``,
+        which returns an array samples x cells x features); ``transform_batch`` decodes every cell as if
+        it came from that nn-conditioning category (see :meth:`_transformed_codes`); ``gene_list``
+        keeps those features, in that order.
         """
         modality = self._modality(modality)
+        if library_size != "latent" and not (isinstance(library_size, int | float) and library_size > 0):
+            raise ValueError(f"library_size must be a positive number or 'latent', got {library_size!r}.")
+        if not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        features = self._feature_index(modality)
+        if gene_list is None:
+            keep = None
+        else:
+            missing = [g for g in gene_list if g not in features]
+            if missing:
+                raise KeyError(f"gene_list: {len(missing)} features not in the model, e.g. {missing[:5]}.")
+            keep = torch.as_tensor(features.get_indexer(gene_list))
         self.module.eval()
         adata = self._validate_anndata(adata)
         out = []
         for tensors in self._batches(adata, indices, batch_size):
-            inf = self.module.inference(**self.module._get_inference_input(tensors), sample=False)
-            gen = self.module.generative(**self.module._get_generative_input(tensors, inf), sample_theta=False)
-            if library_size == "latent":
-                out.append(gen["mu"][modality].cpu())
-            else:
-                out.append(gen["rho"][modality].cpu() * float(library_size))
-        values = torch.cat(out).numpy()
+            cat = tensors.get(CAT_KEY)
+            variants = [cat] if transform_batch is None else self._transformed_codes(cat, transform_batch)
+            draws = []
+            for _ in range(n_samples):
+                inf = self.module.inference(**self.module._get_inference_input(tensors), sample=n_samples > 1)
+                gen_in = self.module._get_generative_input(tensors, inf)
+                per_batch = []
+                for codes in variants:
+                    gen = self.module.generative(**{**gen_in, "cat": codes}, sample_theta=False)
+                    if library_size == "latent":
+                        values = gen["mu"][modality]
+                    else:
+                        rho = gen["rho"][modality]
+                        values = rho / rho.sum(-1, keepdim=True).clamp(min=1e-12) * float(library_size)
+                    per_batch.append(values if keep is None else values[:, keep.to(values.device)])
+                draws.append(torch.stack(per_batch).mean(0).cpu())
+            out.append(torch.stack(draws))
+        values = torch.cat(out, dim=1).numpy()  # samples x cells x features
+        if n_samples > 1 and not return_mean:
+            return values
+        values = values.mean(0)
         if return_numpy:
             return values
         obs_names = adata.obs_names if indices is None else adata.obs_names[indices]
-        return pd.DataFrame(values, index=obs_names, columns=self._feature_index(modality))
+        columns = features if gene_list is None else pd.Index(gene_list)
+        return pd.DataFrame(values, index=obs_names, columns=columns)
 
     def _per_key_tables(self, tables: list[torch.Tensor], keys: list[str], modality: str):
         frames = {}

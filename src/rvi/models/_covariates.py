@@ -105,6 +105,13 @@ def resolve_covariate_keys(
             )
         library_key = batch_key
     library_key = _as_key(library_key, "library_key")
+    dataset_key = _as_key(dataset_key, "dataset_key")
+    if library_key is not None and library_key == dataset_key:
+        raise ValueError(
+            f"library_key and dataset_key are both {library_key!r}: one column cannot be the finest technical "
+            "unit and the study grouping at once. Give dataset_key only when several libraries form a dataset "
+            "(or leave it out)."
+        )
     ambient = _as_key_list(ambient_covariate_keys, "ambient_covariate_keys")
     if ambient_covariate_keys is None and library_key is not None:
         ambient = [library_key]
@@ -116,7 +123,7 @@ def resolve_covariate_keys(
     library_size_key = _as_key(library_size_key, "library_size_key")
     return CovariateSpec(
         library_key=library_key,
-        dataset_key=_as_key(dataset_key, "dataset_key"),
+        dataset_key=dataset_key,
         technical_covariate_keys=_as_key_list(technical_covariate_keys, "technical_covariate_keys"),
         ambient_covariate_keys=ambient,
         nn_conditioning_covariate_keys=nn_cond,

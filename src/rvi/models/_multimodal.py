@@ -230,7 +230,9 @@ def _check_obs_agreement(mdata: MuData, modalities: dict[str, str], columns: lis
         if col not in mdata.obs.columns:
             prefixed = [f"{mod}:{col}" for mod in modalities.values() if f"{mod}:{col}" in mdata.obs.columns]
             hint = f" (found {prefixed}: copy it to mdata.obs[{col!r}])" if prefixed else ""
-            raise KeyError(f"Covariate key {col!r} is not a column of mdata.obs{hint}.")
+            raise KeyError(
+                f"Covariate key {col!r} is not a column of mdata.obs{hint}; available: {list(mdata.obs.columns)}."
+            )
         glob = mdata.obs[col].astype(str)
         for mod_key in modalities.values():
             obs = mdata.mod[mod_key].obs
