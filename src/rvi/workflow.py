@@ -361,14 +361,27 @@ def load_config(
     if problems:
         raise ConfigError(problems)
     if check_sample_sheet and not cfg["demo_data"]["generate"]:
-        problems = _missing_config_files(cfg)
+        missing = _missing_config_files(cfg)
+        problems = []
         try:
-            read_samples(cfg)
+            sheet = read_samples(cfg, check_files=not cfg["preview"])
+            if cfg["preview"]:
+                missing += _missing_files(cfg, sheet, str(sample_sheet_path(cfg)))
         except ConfigError as exc:
-            problems = exc.problems + problems
-        if problems:
-            raise ConfigError(problems)
+            problems = exc.problems
+        if cfg["preview"] and missing and not problems:
+            # Preview (dry runs only): say what is not on disk yet and build the DAG without it.
+            print("preview: inputs not on disk yet:\n  - " + "\n  - ".join(missing), file=sys.stderr)
+        elif problems or missing:
+            raise ConfigError(problems + missing)
     return cfg
+
+
+def existing_inputs(cfg: Mapping, paths: Mapping[str, str]) -> dict[str, str]:
+    """A rule's raw input files; in preview mode the ones not on disk yet are left out of the DAG."""
+    if not cfg["preview"]:
+        return dict(paths)
+    return {k: v for k, v in paths.items() if Path(v).exists()}
 
 
 def _missing_config_files(cfg: Mapping) -> list[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from rvi.workflow import (
     ResourceTable,
     canonical,
+    existing_inputs,
     libraries,
     load_config,
     read_samples,
@@ -55,7 +56,7 @@ def sheet():
         checkpoints.demo_data.get()
     path = sample_sheet_path(CFG)
     if path not in _SHEET:
-        _SHEET[path] = read_samples(CFG, path)
+        _SHEET[path] = read_samples(CFG, path, check_files=not CFG["preview"])
     return _SHEET[path]
 
 
@@ -75,14 +76,14 @@ def sample_row(wildcards):
 
 def sample_counts_input(wildcards):
     # Declared as input so a missing file on a real study is reported before any job runs.
-    return {"counts": str(sheet().loc[wildcards.sample, "rna_path"])}
+    return existing_inputs(CFG, {"counts": str(sheet().loc[wildcards.sample, "rna_path"])})
 
 
 def sample_atac_input(wildcards):
     # 10x_peaks reads the Peaks features of the sample's .h5; tiles/peaks count its fragments file
     # (read_samples has already checked that every sample has one).
     column = "rna_path" if CFG["load_atac"]["matrix"] == "10x_peaks" else "fragments_path"
-    return {"atac_source": str(sheet().loc[wildcards.sample, column])}
+    return existing_inputs(CFG, {"atac_source": str(sheet().loc[wildcards.sample, column])})
 
 
 def per_sample(pattern):
@@ -202,7 +203,7 @@ def atac_reference_inputs(wildcards):
     for key in ("chrom_sizes", "gene_annotation"):
         if CFG["load_atac"][key]:
             refs[key] = CFG["load_atac"][key]
-    return refs
+    return existing_inputs(CFG, refs)
 
 
 def train_rna_qc_inputs(wildcards):
