@@ -60,6 +60,7 @@ STAGES = (
     "annotate",
     "select_cres",
     "train_multimodal",
+    "integrated_output",
     "notebook",
     "ground_truth_report",
 )
@@ -91,6 +92,7 @@ _SHARED_SECTIONS = {
     "annotate": ("labels",),
     "select_cres": ("labels",),
     "train_multimodal": ("covariates", "labels"),
+    "integrated_output": (),
     "ground_truth_report": ("labels", "select_cres"),
 }
 #: Stages whose own config section has another name.

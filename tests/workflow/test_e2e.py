@@ -14,6 +14,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -21,7 +22,7 @@ import yaml
 from tests.workflow import REPO, snakemake
 
 UPSTREAM = {"demo_data", "load_rna", "merge_rna", "scrublet", "merge_scrublet", "load_atac", "merge_atac"}
-DOWNSTREAM = {"train_rna", "annotate", "select_cres", "train_multimodal"}
+DOWNSTREAM = {"train_rna", "annotate", "select_cres", "train_multimodal", "integrated_output"}
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
@@ -117,6 +118,30 @@ def test_notebooks_executed_on_this_interpreter(tiny_run):
     assert any(c.get("metadata", {}).get("tags") == ["injected-parameters"] for c in nb["cells"])
     images = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
     assert images >= 2
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("snakemake_e2e")
+def test_integrated_files_open_in_scanpy_and_mudata(tiny_run):
+    import anndata as ad
+    import mudata as md
+
+    workdir, _ = tiny_run
+    out = workdir / "results" / "tiny"
+    adata = ad.read_h5ad(out / "integrated.h5ad")
+    cells = pd.read_csv(out / "rna_model" / "cells.csv", index_col=0)
+    assert adata.n_obs == int(cells["pass_qc"].sum())
+    latent = pd.read_parquet(out / "rna_model" / "latent.parquet")
+    np.testing.assert_allclose(adata.obsm["X_rvi"], latent.loc[adata.obs_names].to_numpy(), rtol=1e-6)
+    assert adata.obsm["X_umap"].shape == (adata.n_obs, 2)
+    expected_obs = {"leiden", "rvi_cluster", "rvi_label_l1", "doublet_score", "total_counts", "library", "dataset"}
+    assert expected_obs <= set(adata.obs)
+    counts = adata.layers["counts"]
+    assert np.allclose(counts.data, np.round(counts.data)) and adata.var["rvi_model_gene"].sum() == 100
+    mdata = md.read_h5mu(out / "integrated.h5mu")
+    assert set(mdata.mod) == {"rna", "atac"}
+    assert {"X_rvi", "X_umap", "X_rvi_rna", "X_rvi_atac_slice", "X_rvi_rna_slice"} <= set(mdata.obsm)
+    assert mdata.obsm["X_rvi"].shape[1] == 6 and "leiden_multimodal" in mdata.obs
 
 
 @pytest.mark.slow

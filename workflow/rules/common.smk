@@ -162,6 +162,7 @@ TARGETS = {
         else []
     ),
     "ground_truth": [out("ground_truth_report.csv"), notebook("ground_truth_report")] if GROUND_TRUTH else [],
+    "integrated": [out("integrated.h5ad"), *([out("integrated.h5mu")] if ATAC else [])],
 }
 
 # The stage outputs each notebook reads (papermill parameters of the same names).
@@ -279,3 +280,16 @@ def sweep_targets(wildcards):
             "train_multimodal) and 'experiments' ({name: overrides of that stage's section}); see docs/workflow.md"
         )
     return TARGETS["sweep"]
+
+
+def integrated_inputs(wildcards):
+    """The RNA model's results, plus the multimodal model's and the ATAC counts when the study has ATAC."""
+    inputs = {
+        "rna": out("rna.h5ad"),
+        "annotation": out("annotation.csv"),
+        **{k: RNA_MODEL[k] for k in ("cells", "genes", "latent", "umap", "leiden")},
+    }
+    if ATAC:
+        inputs["atac"] = out("atac.h5ad")
+        inputs |= {f"mm_{k}": MULTIMODAL_MODEL[k] for k in ("latent", "modality_latents", "umap", "leiden")}
+    return inputs

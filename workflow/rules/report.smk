@@ -1,4 +1,22 @@
-# Notebooks (papermill) and the ground-truth report of simulated studies.
+# Notebooks (papermill), the integrated study file and the ground-truth report of simulated studies.
+
+
+rule integrated_output:
+    input:
+        unpack(integrated_inputs),
+    output:
+        **{k: v for k, v in zip(("h5ad", "h5mu"), TARGETS["integrated"])},
+    log:
+        log_path("integrated_output"),
+    benchmark:
+        bench_path("integrated_output")
+    params:
+        study=CFG["study"],
+    threads: threads_of("integrated_output")
+    resources:
+        **RES.rule_resources("integrated_output"),
+    run:
+        run_rule("integrated_output", input, output, params, log, threads)
 
 
 rule notebook:

@@ -7,9 +7,11 @@ Heavy libraries are imported inside the functions so that parsing the Snakefile 
 
 Modules: :mod:`~rvi.stages.inputs` (demo data, loading, merges, Scrublet),
 :mod:`~rvi.stages.models` (train_rna, train_multimodal and their helpers),
-:mod:`~rvi.stages.labels` (annotate, select_cres), :mod:`~rvi.stages.report` (ground truth, notebooks).
+:mod:`~rvi.stages.labels` (annotate, select_cres), :mod:`~rvi.stages.export` (the integrated .h5ad / .h5mu),
+:mod:`~rvi.stages.report` (ground truth, notebooks).
 """
 
+from rvi.stages.export import integrated_output
 from rvi.stages.inputs import demo_data, load_atac, load_rna, merge_atac, merge_rna, merge_scrublet, scrublet
 from rvi.stages.labels import annotate, annotation_groups, select_cres
 from rvi.stages.models import (
@@ -42,6 +44,7 @@ STAGE_FUNCTIONS = {
     "annotate": annotate,
     "select_cres": select_cres,
     "train_multimodal": train_multimodal,
+    "integrated_output": integrated_output,
     "ground_truth_report": ground_truth_report,
     "notebook": notebook,
     "sweep_metrics": sweep_metrics,
@@ -57,6 +60,7 @@ __all__ = [
     "finest_label",
     "ground_truth_report",
     "history_frame",
+    "integrated_output",
     "integration_metrics",
     "knn_umap_leiden",
     "load_atac",
