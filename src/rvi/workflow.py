@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from rvi._logging import SkipSelfPrinting, quiet_third_party_logs
+
 __all__ = [
     "ConfigError",
     "GPU_STAGES",
@@ -793,6 +795,8 @@ def redirect_output(log_file: str | os.PathLike | None):
         root = logging.getLogger()
         handler = logging.StreamHandler(fh)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(SkipSelfPrinting())
+        quiet_third_party_logs()
         root.addHandler(handler)
         level = root.level
         root.setLevel(logging.INFO)

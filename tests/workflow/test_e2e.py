@@ -122,6 +122,16 @@ def test_notebooks_executed_on_this_interpreter(tiny_run):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("snakemake_e2e")
+def test_training_logs_are_quiet_and_single(tiny_run):
+    workdir, _ = tiny_run
+    for stage in ("train_rna", "train_multimodal"):
+        text = (workdir / "results" / "tiny" / "logs" / f"{stage}.log").read_text()
+        assert "Tip:" not in text and "already downloaded" not in text, stage
+        assert text.count("`Trainer.fit` stopped") == 1, stage  # once, not once per handler
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("snakemake_e2e")
 def test_integrated_files_open_in_scanpy_and_mudata(tiny_run):
     import anndata as ad
     import mudata as md
