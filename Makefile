@@ -11,12 +11,12 @@ CORES ?= 2
 setup: $(STAMP)
 
 # torch goes first and pinned: the CPU wheel on this machine's disk satisfies it, and no CUDA build
-# is pulled in by a dependency asking for an unpinned torch.
-$(STAMP): pyproject.toml
+# is pulled in by a dependency asking for an unpinned torch. constraints.txt spares the resolver its backtracking.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
