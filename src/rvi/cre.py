@@ -407,7 +407,9 @@ def cre_heatmap(
     for b in bounds[:-1]:
         ax.axvline(b - 0.5, color="white", linewidth=0.8)
     ax.set_xticks((starts + bounds - 1) / 2, group_order, rotation=90)
-    ax.set_xlabel(f"selected CREs (top {max_regions_per_group} per group)")
+    per_group = cres.groupby("group").size()
+    shown_note = "all" if per_group.max() <= max_regions_per_group else f"the top {max_regions_per_group} by rank"
+    ax.set_xlabel(f"{len(cres)} selected CREs (up to {per_group.max()} per group), {shown_note} shown per group")
     ax.set_ylabel(groupby)
     fig.colorbar(image, ax=ax, label="accessible fraction (z-score)" if standardize else "accessible fraction")
     return fig

@@ -120,7 +120,7 @@ def run_scrublet(
 
 
 def plot_doublet_scores(scores: pd.DataFrame, library_key: str = "library", bins: int = 40) -> Figure:
-    """Histogram of doublet scores per library (log counts); predicted doublets in red."""
+    """Histogram of doublet scores per library (log counts); predicted doublets in red, the threshold dashed."""
     libs = [lib for lib in pd.unique(scores[library_key].astype(str))]
     ncol = min(3, max(1, len(libs)))
     nrow = -(-len(libs) // ncol)
@@ -136,6 +136,11 @@ def plot_doublet_scores(scores: pd.DataFrame, library_key: str = "library", bins
             pred = sub["predicted_doublet"].fillna(False).to_numpy(dtype=bool)
             edges = np.linspace(0, max(s[ok].max(), 1e-3), bins + 1)
             ax.hist([s[ok & ~pred], s[ok & pred]], bins=edges, stacked=True, color=["0.5", "C3"], log=True)
+            if (ok & pred).any():
+                # Scrublet calls a doublet above its threshold: the line sits at the lowest called score.
+                cut = float(s[ok & pred].min())
+                ax.axvline(cut, color="k", ls="--", lw=1)
+                ax.text(cut, 0.95, f" threshold {cut:.2f}", transform=ax.get_xaxis_transform(), fontsize=7, va="top")
         ax.set_title(lib, fontsize=9)
         ax.set_xlabel("doublet score")
     for ax in axes[len(libs) :]:

@@ -172,6 +172,7 @@ NOTEBOOK_INPUTS = {
     "load_atac": {"atac_qc": out("atac_qc.csv")},
     "train_rna": {"rna": out("rna.h5ad"), **{k: RNA_MODEL[k] for k in ("umap", "leiden", "metrics", "cells", "history")}},
     "annotate": {
+        "rna": out("rna.h5ad"),
         "annotation": out("annotation.csv"),
         "purity": out("annotation_purity.csv"),
         "umap": RNA_MODEL["umap"],

@@ -116,36 +116,12 @@ def modality_attribution(
 
 def plot_attribution_scatter(adata, attribution: pd.DataFrame, basis: str = "X_umap", columns: list[str] | None = None):
     """UMAP (or any 2-D basis) coloured by attribution scores; returns the matplotlib figure."""
-    import matplotlib.pyplot as plt
+    from rvi.plots import attribution_panels
 
     if basis not in adata.obsm:
         raise KeyError(f"Basis {basis!r} not in adata.obsm; available: {list(adata.obsm)}.")
-    if columns is None:
-        columns = [c for c in attribution.columns if c.startswith("log2_ratio_")]
-        columns += [c for c in attribution.columns if c.startswith("frob_") and "_decoder_" not in c]
-    missing = [c for c in columns if c not in attribution.columns]
+    missing = [c for c in (columns or []) if c not in attribution.columns]
     if missing:
         raise KeyError(f"Attribution columns {missing} not found.")
-    scores = attribution.reindex(adata.obs_names)
-    coords = np.asarray(adata.obsm[basis])[:, :2]
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 4), squeeze=False)
-    for ax, col in zip(axes[0], columns):
-        values = scores[col].to_numpy()
-        diverging = col.startswith("log2_ratio_")
-        lim = np.nanpercentile(np.abs(values), 99) if diverging else None
-        sc = ax.scatter(
-            coords[:, 0],
-            coords[:, 1],
-            c=values,
-            s=3,
-            cmap="RdBu_r" if diverging else "viridis",
-            vmin=-lim if diverging else None,
-            vmax=lim if diverging else None,
-            rasterized=True,
-        )
-        ax.set_title(col)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        fig.colorbar(sc, ax=ax, shrink=0.8)
-    fig.tight_layout()
-    return fig
+    coords = pd.DataFrame(np.asarray(adata.obsm[basis])[:, :2], index=adata.obs_names)
+    return attribution_panels(coords, attribution, columns)

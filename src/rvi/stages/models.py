@@ -214,39 +214,15 @@ def history_frame(history: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def plot_training_curves(history: pd.DataFrame, path: str, title: str) -> None:
-    plt = pyplot()
-    pairs = [k[: -len("_train")] for k in history.columns if k.endswith("_train") and f"{k[:-6]}_validation" in history]
-    pairs = sorted(pairs, key=lambda k: (k != "elbo", k != "reconstruction_loss", k))[:6] or list(history.columns[:1])
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.2), squeeze=False)
-    for ax, key in zip(axes[0], pairs):
-        for split in ("train", "validation"):
-            col = f"{key}_{split}"
-            if col in history:
-                ax.plot(history.index, history[col], label=split)
-        ax.set_title(key)
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    save_figure(fig, path)
-    plt.close(fig)
+    from rvi.plots import training_curves
+
+    save_figure(training_curves(history, title), path)
 
 
 def plot_umaps(coords: pd.DataFrame, obs: pd.DataFrame, keys: Sequence[str], path: str) -> None:
-    plt = pyplot()
-    keys = [k for k in keys if k in obs]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        values = obs[key].astype(object).fillna("NA").astype(str).reindex(coords.index)
-        for i, cat in enumerate(sorted(values.unique())):
-            m = (values == cat).to_numpy()
-            ax.scatter(coords.iloc[m, 0], coords.iloc[m, 1], s=2, label=cat, color=plt.cm.tab20(i % 20))
-        ax.set_title(key)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if values.nunique() <= 20:
-            ax.legend(markerscale=4, fontsize=6, loc="best")
-    save_figure(fig, path)
-    plt.close(fig)
+    from rvi.plots import umap_panels
+
+    save_figure(umap_panels(coords, obs, keys), path)
 
 
 def knn_umap_leiden(latent: np.ndarray, obs_names: pd.Index, embedding: Mapping, threads: int = 1):
