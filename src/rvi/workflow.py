@@ -293,6 +293,8 @@ def training_problems(cfg: Mapping, stages: tuple[str, ...] = GPU_STAGES, key_pr
     ``key_prefix`` names the section in the messages (default: the stage; sweeps pass
     ``sweeps.experiments.<name>``).
     """
+    from rvi.config_checks import kwargs_problems
+
     problems = []
     levels = cfg["labels"]["levels"]
     res = ResourceTable(cfg)
@@ -302,6 +304,7 @@ def training_problems(cfg: Mapping, stages: tuple[str, ...] = GPU_STAGES, key_pr
         level = section["metrics"]["label_level"]
         if level is not None and level not in levels:
             problems.append(f"bad value for '{key}.metrics.label_level': {level!r} (not one of labels.levels {levels})")
+        problems += kwargs_problems(cfg["study"], stage, section, key)
         training = section["training"]
         accelerator, devices, strategy = training["accelerator"], training["devices"], training["strategy"]
         n = _device_count(devices)
@@ -404,9 +407,10 @@ def read_samples(cfg: Mapping, path: str | os.PathLike | None = None, check_file
         sheet = _read_sheet_table(path)
     except (ValueError, KeyError) as exc:
         raise ConfigError([f"sample sheet {path!r}: {exc}"]) from exc
-    problems = _sheet_problems(cfg, sheet, path)
+    problems = _sheet_problems(cfg, sheet, path) + covariate_column_problems(cfg, sheet, path)
     if check_files:
         problems += _missing_files(cfg, sheet, path)
+        problems += label_file_problems(cfg, sheet)
     if problems:
         raise ConfigError(problems)
     return sheet
@@ -462,6 +466,75 @@ def _sheet_problems(cfg: Mapping, sheet, path: str) -> list[str]:
     elif cfg["train_rna"]["cell_qc"]["per_dataset"]:
         problems.append("'train_rna.cell_qc.per_dataset' needs covariates.dataset_key")
     return problems
+
+
+#: obs columns every cell has besides the sample-sheet metadata (load_rna and merge_rna add them).
+COMPUTED_OBS_COLUMNS = ("barcode", "library", "fragments_path", "n_genes", "total_counts", "mt_frac")
+
+
+def covariate_columns(cfg: Mapping) -> dict[str, list[str]]:
+    """``covariates.<key>`` -> the obs columns it names (library/dataset keys included)."""
+    out = {}
+    for key, value in cfg["covariates"].items():
+        if value is None or value is False:
+            continue
+        out[key] = [value] if isinstance(value, str) else [str(v) for v in value]
+    return out
+
+
+def covariate_column_problems(cfg: Mapping, sheet, path: str) -> list[str]:
+    """Start-time checks of the covariate columns against the sample sheet.
+
+    Each column named under ``covariates`` must be a sample-sheet column (or an obs column the workflow
+    computes: QC metrics, label levels), and a sheet column used as a covariate must have no empty cell
+    (an empty cell would become a covariate level ``''``).
+    """
+    study = cfg["study"]
+    known = set(sheet.columns) | set(COMPUTED_OBS_COLUMNS) | set(cfg["labels"]["levels"])
+    problems = []
+    for key, columns in covariate_columns(cfg).items():
+        for col in columns:
+            if col not in known:
+                hint = difflib.get_close_matches(col, sorted(map(str, sheet.columns)), n=1)
+                did = f"; did you mean {hint[0]!r}?" if hint else ""
+                problems.append(
+                    f"study {study!r}, stage train_rna: 'covariates.{key}' = {col!r} is not a column of the sample "
+                    f"sheet {path!r}{did} (columns: {', '.join(map(str, sheet.columns))})"
+                )
+            elif col in sheet.columns:
+                values = sheet[col].astype(str).str.strip()
+                empty = [i + 2 for i in range(len(values)) if values.iloc[i] in ("", "nan", "NA")]
+                if empty:
+                    names = [str(sheet.index[i - 2]) for i in empty]
+                    problems.append(
+                        f"study {study!r}: 'covariates.{key}' uses column {col!r} of the sample sheet {path!r}, which "
+                        f"is empty in line(s) {empty} (samples {names}): fill it in (an empty value would become a "
+                        f"covariate level of its own)"
+                    )
+    return problems
+
+
+def label_file_problems(cfg: Mapping, sheet, show: int = 20) -> list[str]:
+    """Start-time check of the label files' headers: a ``barcode`` column and every ``labels.levels`` column."""
+    from rvi.io.tenx import label_table_problems
+
+    if "labels_path" not in sheet.columns:
+        return []
+    levels = list(cfg["labels"]["levels"])
+    problems = []
+    for sample, value in sheet["labels_path"].items():
+        if not value or not Path(value).is_file():
+            continue
+        try:
+            import pandas as pd
+
+            header = pd.read_csv(value, nrows=0, dtype=str).columns
+        except (ValueError, OSError) as exc:
+            problems.append(f"sample {sample!r}: labels_path {value!r} cannot be read as CSV: {exc}")
+            continue
+        for line in label_table_problems(header, levels):
+            problems.append(f"sample {sample!r}: label file {value!r} {line}")
+    return problems[:show]
 
 
 def libraries(cfg: Mapping, sheet) -> list[str]:
