@@ -919,13 +919,24 @@ def run_rule(stage: str, input=None, output=None, params=None, log=None, threads
     import traceback
 
     from rvi import stages
-    from rvi.stages.distributed import ddp_ranks
+    from rvi.stages.distributed import TRAINING_STAGES, ddp_ranks
 
     func = stages.STAGE_FUNCTIONS[stage]
     kwargs = {**_named(input), **_named(output), **_named(params)}
     if wildcards is not None and stage == "notebook":
         kwargs["name"] = wildcards.notebook
     log_file = _plain(list(log)[0]) if log else None
+    if stage in TRAINING_STAGES:
+        # Training runs in a child process, whose main thread can take SIGINT / SIGTERM (rvi.interrupt).
+        from rvi.interrupt import run_stage_process
+
+        with redirect_output(log_file):
+            start = time.time()
+            print(f"[rvi] stage {stage} (python {sys.executable}, threads {threads})", flush=True)
+            print(f"[rvi] params: {json.dumps(_named(params), default=str, sort_keys=True)}", flush=True)
+            run_stage_process(stage, kwargs, _named(output), threads)
+            print(f"[rvi] stage {stage} done in {time.time() - start:.1f} s", flush=True)
+        return
     # Multi-GPU training (devices: N, strategy: ddp): this process is rank 0, the stage starts the others.
     ranks = ddp_ranks(stage, kwargs, _named(output), threads)
     with redirect_output(log_file), thread_limits(threads), ranks:
