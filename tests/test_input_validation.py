@@ -173,3 +173,87 @@ def test_partial_labels_are_counted_in_the_log(tmp_path, small_rna, capsys):
     assert adata.obs["label_l1"].notna().sum() == 20
     out = capsys.readouterr().out
     assert f"20 of {small_rna.n_obs} cells labelled" in out and "1 barcodes of the label table are not cells" in out
+
+
+# ------------------------------------------------------------------------------------------------ fragments
+FRAGS = pd.DataFrame(
+    {
+        "chrom": ["chr1"] * 6 + ["chr2"] * 2,
+        "start": [10, 50, 90, 400, 800, 1200, 30, 70],
+        "end": [60, 120, 300, 700, 900, 1500, 90, 200],
+        "barcode": ["A", "B", "A", "B", "A", "A", "B", "A"],
+        "count": 1,
+    }
+)
+SIZES = {"chr1": 5000, "chr2": 5000}
+
+
+@pytest.fixture
+def fragments(tmp_path):
+    from rvi.io import write_fragments
+
+    return write_fragments(tmp_path / "frags.tsv.gz", FRAGS)
+
+
+def test_fragments_plain_gzip_with_index(tmp_path, fragments):
+    import gzip
+
+    from rvi.atac import validate_fragments
+
+    text = gzip.open(fragments, "rb").read()
+    with gzip.open(fragments, "wb") as fh:  # same content, plain gzip, the .tbi still next to it
+        fh.write(text)
+    with pytest.raises(ValueError, match=r"frags\.tsv\.gz: plain gzip, not bgzip.*\| bgzip >.*tabix -f -p bed"):
+        validate_fragments(fragments, SIZES)
+
+
+def test_fragments_truncated(tmp_path, fragments):
+    from rvi.atac import validate_fragments
+
+    data = fragments.read_bytes()
+    fragments.write_bytes(data[: len(data) - 40])
+    with pytest.raises(ValueError, match=r"frags\.tsv\.gz: truncated"):
+        validate_fragments(fragments, SIZES)
+
+
+def test_fragments_stale_index(tmp_path, fragments):
+    import os
+
+    from rvi.atac import validate_fragments
+
+    index = fragments.with_name(fragments.name + ".tbi")
+    later = index.stat().st_mtime + 60
+    os.utime(fragments, (later, later))  # the file changed after it was indexed
+    with pytest.raises(ValueError, match=r"index frags\.tsv\.gz\.tbi is older than the file.*tabix -f -p bed"):
+        validate_fragments(fragments, SIZES)
+
+
+def test_fragments_missing_index_names_config_key(tmp_path, fragments):
+    from rvi.atac import validate_fragments
+
+    fragments.with_name(fragments.name + ".tbi").unlink()
+    with pytest.raises(FileNotFoundError, match=r"tabix -p bed .*'load_atac.require_index: false'"):
+        validate_fragments(fragments, SIZES)
+    assert validate_fragments(fragments, SIZES, require_index=False) == ["chr1", "chr2"]
+
+
+def test_fragments_unsorted_without_index(tmp_path):
+    import pysam
+
+    from rvi.atac import validate_fragments
+
+    plain = tmp_path / "u.tsv"
+    FRAGS.iloc[[0, 2, 1, 3, 4, 5, 6, 7]].to_csv(plain, sep="\t", header=False, index=False)
+    pysam.tabix_compress(str(plain), str(tmp_path / "u.tsv.gz"))
+    with pytest.raises(ValueError, match=r"u\.tsv\.gz is not sorted .*line 3: start 50 after 90.*sort -k1,1 -k2,2n"):
+        validate_fragments(tmp_path / "u.tsv.gz", SIZES, require_index=False)
+
+
+def test_require_index_config_key_reaches_the_stage():
+    from rvi.workflow import load_config, stage_params
+
+    cfg = load_config(
+        {"study": "s", "demo_data": {"generate": True}, "load_atac": {"require_index": False}},
+        check_sample_sheet=False,
+    )
+    assert stage_params(cfg, "load_atac")["load_atac"]["require_index"] is False

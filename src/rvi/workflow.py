@@ -46,6 +46,7 @@ __all__ = [
     "stage_params",
     "training_problems",
     "validate_config",
+    "work_relative",
 ]
 
 #: Stages with their own config section and resource entry, in DAG order.
@@ -411,6 +412,7 @@ def read_samples(cfg: Mapping, path: str | os.PathLike | None = None, check_file
     if check_files:
         problems += _missing_files(cfg, sheet, path)
         problems += label_file_problems(cfg, sheet)
+        problems += fragments_problems(cfg, sheet)
     if problems:
         raise ConfigError(problems)
     return sheet
@@ -534,6 +536,36 @@ def label_file_problems(cfg: Mapping, sheet, show: int = 20) -> list[str]:
             continue
         for line in label_table_problems(header, levels):
             problems.append(f"sample {sample!r}: label file {value!r} {line}")
+    return problems[:show]
+
+
+def work_relative(path: str) -> str:
+    """``path`` relative to the working (Snakemake work) folder when it lies inside it, else unchanged.
+
+    Rule params and inputs hold sample-sheet paths in this form, so that a moved or copied work folder
+    has the same params and inputs (and reruns nothing); files outside it keep their absolute path.
+    """
+    if not path or not os.path.isabs(path):
+        return path
+    cwd = os.getcwd()
+    try:
+        inside = os.path.commonpath([cwd, path]) == cwd
+    except ValueError:  # another drive (Windows)
+        return path
+    return os.path.relpath(path, cwd) if inside else path
+
+
+def fragments_problems(cfg: Mapping, sheet, show: int = 20) -> list[str]:
+    """Start-time check of the fragments files an ATAC study counts: bgzip, complete, index present and fresh."""
+    if "atac" not in cfg["modalities"] or cfg["load_atac"]["matrix"] == "10x_peaks" or "fragments_path" not in sheet:
+        return []
+    from rvi.io.fragments import fragments_file_problems
+
+    require = cfg["load_atac"].get("require_index", True)
+    problems = []
+    for sample, value in sheet["fragments_path"].items():
+        if value and Path(value).is_file():
+            problems += [f"sample {sample!r}: {line}" for line in fragments_file_problems(value, require)]
     return problems[:show]
 
 
