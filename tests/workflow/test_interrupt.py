@@ -10,6 +10,7 @@ to every process of the job).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,3 +110,19 @@ def test_sigint_and_sigterm_stop_training_and_rerun_incomplete_resumes(upstream)
     assert list(history.index) == list(range(EPOCHS))
     assert not (model_dir / ".model.resume").exists()
     assert (model_dir / "model" / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_copied_or_moved_work_folder_has_nothing_to_do(upstream, tmp_path):
+    """Rule params and inputs hold work-folder-relative sample paths: a copy reruns nothing, training included."""
+    workdir = upstream
+    proc = subprocess.run(_command(workdir, TARGET, "--rerun-incomplete"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    copied = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(workdir, copied, symlinks=True)  # keeps modification times, like cp -a / rsync -a
+    for folder in (copied, tmp_path / "moved"):
+        if folder != copied:
+            shutil.move(copied, folder)
+        proc = subprocess.run(_command(folder, TARGET, "-n"), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
