@@ -94,3 +94,14 @@ def test_snakemake_dry_run_reports_late_mistakes(tmp_path):
     assert proc.returncode != 0
     assert "library ids used by several samples ('lib0': samples ['s0', 's2'])" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_empty_validation_set_with_early_stopping_stops_before_the_model_is_built():
+    """Cell counts per stratum are known only after cell QC: checked at the start of the training job."""
+    import numpy as np
+
+    from rvi.stages.models import _build_and_train
+
+    training = {"early_stopping": True, "validation_fraction": 0.01}
+    with pytest.raises(ValueError, match=r"validation_fraction = 0.01 gives 0 validation cells of 40.*early_stopping"):
+        _build_and_train(None, None, {}, training, np.arange(40), np.array([], dtype=np.int64))
