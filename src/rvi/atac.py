@@ -194,15 +194,30 @@ def _example_file_barcodes(path: Path, n: int = 5, max_lines: int = 200_000) -> 
 def _scan_chromosomes(path: Path) -> dict[str, int]:
     """Full pass over a fragments file: chromosome -> maximum fragment end."""
     max_end: dict[str, int] = {}
+    current, last_start = None, -1
     with _open_text(path) as handle:
-        for line in handle:
+        for number, line in enumerate(handle, start=1):
             if line.startswith("#"):
                 continue
-            chrom, _start, end = line.split("\t", 3)[:3]
-            e = int(end)
+            chrom, start, end = line.split("\t", 3)[:3]
+            s, e = int(start), int(end)
+            if chrom != current:
+                if chrom in max_end:
+                    raise ValueError(_unsorted(path, number, f"chromosome {chrom!r} appears again after {current!r}"))
+                current, last_start = chrom, -1
+            if s < last_start:
+                raise ValueError(_unsorted(path, number, f"start {s} after {last_start} on {chrom!r}"))
+            last_start = s
             if e > max_end.get(chrom, -1):
                 max_end[chrom] = e
     return max_end
+
+
+def _unsorted(path: Path, line: int, what: str) -> str:
+    return (
+        f"Fragments file {path} is not sorted by chromosome and start (line {line}: {what}): sort it with "
+        f"`zcat {path.name} | sort -k1,1 -k2,2n | bgzip > sorted.tsv.gz && tabix -p bed sorted.tsv.gz`"
+    )
 
 
 def validate_fragments(
@@ -221,9 +236,16 @@ def validate_fragments(
     """
     if unknown_chroms not in ("error", "drop"):
         raise ValueError(f"unknown_chroms must be 'error' or 'drop', got {unknown_chroms!r}.")
+    from rvi.io.fragments import fragments_file_problems
+
     path = Path(fragments_path)
     if not path.is_file():
         raise FileNotFoundError(f"ATAC fragments file not found: {path}")
+    if require_index and not Path(f"{path}.tbi").is_file():
+        raise FileNotFoundError(fragments_file_problems(path, require_index)[0])
+    problems = fragments_file_problems(path, require_index)
+    if problems:
+        raise ValueError(problems[0])
     index = Path(f"{path}.tbi")
     if index.is_file():
         import pysam

@@ -48,6 +48,7 @@ __all__ = [
     "stage_params",
     "training_problems",
     "validate_config",
+    "work_relative",
 ]
 
 #: Stages with their own config section and resource entry, in DAG order.
@@ -297,6 +298,8 @@ def training_problems(cfg: Mapping, stages: tuple[str, ...] = GPU_STAGES, key_pr
     ``key_prefix`` names the section in the messages (default: the stage; sweeps pass
     ``sweeps.experiments.<name>``).
     """
+    from rvi.config_checks import kwargs_problems
+
     problems = []
     levels = cfg["labels"]["levels"]
     res = ResourceTable(cfg)
@@ -306,6 +309,7 @@ def training_problems(cfg: Mapping, stages: tuple[str, ...] = GPU_STAGES, key_pr
         level = section["metrics"]["label_level"]
         if level is not None and level not in levels:
             problems.append(f"bad value for '{key}.metrics.label_level': {level!r} (not one of labels.levels {levels})")
+        problems += kwargs_problems(cfg["study"], stage, section, key)
         training = section["training"]
         accelerator, devices, strategy = training["accelerator"], training["devices"], training["strategy"]
         n = _device_count(devices)
@@ -421,9 +425,11 @@ def read_samples(cfg: Mapping, path: str | os.PathLike | None = None, check_file
         sheet = _read_sheet_table(path)
     except (ValueError, KeyError) as exc:
         raise ConfigError([f"sample sheet {path!r}: {exc}"]) from exc
-    problems = _sheet_problems(cfg, sheet, path)
+    problems = _sheet_problems(cfg, sheet, path) + covariate_column_problems(cfg, sheet, path)
     if check_files:
         problems += _missing_files(cfg, sheet, path)
+        problems += label_file_problems(cfg, sheet)
+        problems += fragments_problems(cfg, sheet)
     if problems:
         raise ConfigError(problems)
     return sheet
@@ -479,6 +485,105 @@ def _sheet_problems(cfg: Mapping, sheet, path: str) -> list[str]:
     elif cfg["train_rna"]["cell_qc"]["per_dataset"]:
         problems.append("'train_rna.cell_qc.per_dataset' needs covariates.dataset_key")
     return problems
+
+
+#: obs columns every cell has besides the sample-sheet metadata (load_rna and merge_rna add them).
+COMPUTED_OBS_COLUMNS = ("barcode", "library", "fragments_path", "n_genes", "total_counts", "mt_frac")
+
+
+def covariate_columns(cfg: Mapping) -> dict[str, list[str]]:
+    """``covariates.<key>`` -> the obs columns it names (library/dataset keys included)."""
+    out = {}
+    for key, value in cfg["covariates"].items():
+        if value is None or value is False:
+            continue
+        out[key] = [value] if isinstance(value, str) else [str(v) for v in value]
+    return out
+
+
+def covariate_column_problems(cfg: Mapping, sheet, path: str) -> list[str]:
+    """Start-time checks of the covariate columns against the sample sheet.
+
+    Each column named under ``covariates`` must be a sample-sheet column (or an obs column the workflow
+    computes: QC metrics, label levels), and a sheet column used as a covariate must have no empty cell
+    (an empty cell would become a covariate level ``''``).
+    """
+    study = cfg["study"]
+    known = set(sheet.columns) | set(COMPUTED_OBS_COLUMNS) | set(cfg["labels"]["levels"])
+    problems = []
+    for key, columns in covariate_columns(cfg).items():
+        for col in columns:
+            if col not in known:
+                hint = difflib.get_close_matches(col, sorted(map(str, sheet.columns)), n=1)
+                did = f"; did you mean {hint[0]!r}?" if hint else ""
+                problems.append(
+                    f"study {study!r}, stage train_rna: 'covariates.{key}' = {col!r} is not a column of the sample "
+                    f"sheet {path!r}{did} (columns: {', '.join(map(str, sheet.columns))})"
+                )
+            elif col in sheet.columns:
+                values = sheet[col].astype(str).str.strip()
+                empty = [i + 2 for i in range(len(values)) if values.iloc[i] in ("", "nan", "NA")]
+                if empty:
+                    names = [str(sheet.index[i - 2]) for i in empty]
+                    problems.append(
+                        f"study {study!r}: 'covariates.{key}' uses column {col!r} of the sample sheet {path!r}, which "
+                        f"is empty in line(s) {empty} (samples {names}): fill it in (an empty value would become a "
+                        f"covariate level of its own)"
+                    )
+    return problems
+
+
+def label_file_problems(cfg: Mapping, sheet, show: int = 20) -> list[str]:
+    """Start-time check of the label files' headers: a ``barcode`` column and every ``labels.levels`` column."""
+    from rvi.io.tenx import label_table_problems
+
+    if "labels_path" not in sheet.columns:
+        return []
+    levels = list(cfg["labels"]["levels"])
+    problems = []
+    for sample, value in sheet["labels_path"].items():
+        if not value or not Path(value).is_file():
+            continue
+        try:
+            import pandas as pd
+
+            header = pd.read_csv(value, nrows=0, dtype=str).columns
+        except (ValueError, OSError) as exc:
+            problems.append(f"sample {sample!r}: labels_path {value!r} cannot be read as CSV: {exc}")
+            continue
+        for line in label_table_problems(header, levels):
+            problems.append(f"sample {sample!r}: label file {value!r} {line}")
+    return problems[:show]
+
+
+def work_relative(path: str) -> str:
+    """``path`` relative to the working (Snakemake work) folder when it lies inside it, else unchanged.
+
+    Rule params and inputs hold sample-sheet paths in this form, so that a moved or copied work folder
+    has the same params and inputs (and reruns nothing); files outside it keep their absolute path.
+    """
+    if not path or not os.path.isabs(path):
+        return path
+    cwd = os.getcwd()
+    try:
+        inside = os.path.commonpath([cwd, path]) == cwd
+    except ValueError:  # another drive (Windows)
+        return path
+    return os.path.relpath(path, cwd) if inside else path
+
+
+def fragments_problems(cfg: Mapping, sheet, show: int = 20) -> list[str]:
+    """Start-time check of the fragments files an ATAC study counts: bgzip, complete, index present and fresh."""
+    if "atac" not in cfg["modalities"] or cfg["load_atac"]["matrix"] == "10x_peaks" or "fragments_path" not in sheet:
+        return []
+    from rvi.io.fragments import fragments_file_problems
+
+    require = cfg["load_atac"].get("require_index", True)
+    problems = []
+    for sample, value in sheet["fragments_path"].items():
+        if value and Path(value).is_file():
+            problems += [f"sample {sample!r}: {line}" for line in fragments_file_problems(value, require)]
+    return problems[:show]
 
 
 def libraries(cfg: Mapping, sheet) -> list[str]:
@@ -865,13 +970,24 @@ def run_rule(stage: str, input=None, output=None, params=None, log=None, threads
     import traceback
 
     from rvi import stages
-    from rvi.stages.distributed import ddp_ranks
+    from rvi.stages.distributed import TRAINING_STAGES, ddp_ranks
 
     func = stages.STAGE_FUNCTIONS[stage]
     kwargs = {**_named(input), **_named(output), **_named(params)}
     if wildcards is not None and stage == "notebook":
         kwargs["name"] = wildcards.notebook
     log_file = _plain(list(log)[0]) if log else None
+    if stage in TRAINING_STAGES:
+        # Training runs in a child process, whose main thread can take SIGINT / SIGTERM (rvi.interrupt).
+        from rvi.interrupt import run_stage_process
+
+        with redirect_output(log_file):
+            start = time.time()
+            print(f"[rvi] stage {stage} (python {sys.executable}, threads {threads})", flush=True)
+            print(f"[rvi] params: {json.dumps(_named(params), default=str, sort_keys=True)}", flush=True)
+            run_stage_process(stage, kwargs, _named(output), threads)
+            print(f"[rvi] stage {stage} done in {time.time() - start:.1f} s", flush=True)
+        return
     # Multi-GPU training (devices: N, strategy: ddp): this process is rank 0, the stage starts the others.
     ranks = ddp_ranks(stage, kwargs, _named(output), threads)
     with redirect_output(log_file), thread_limits(threads), ranks:

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 from rvi.workflow import (
+    PATH_COLUMNS,
     ResourceTable,
     canonical,
     existing_inputs,
@@ -14,6 +15,7 @@ from rvi.workflow import (
     run_rule,
     sample_sheet_path,
     stage_params,
+    work_relative,
 )
 from rvi.sweeps import sweep_experiments, sweep_params, sweep_stage
 
@@ -71,19 +73,21 @@ def library_ids(wildcards=None):
 def sample_row(wildcards):
     """The sample-sheet row of one sample as plain values (params: a changed row reruns that sample)."""
     row = sheet().loc[wildcards.sample]
-    return canonical({str(k): (None if v != v else v) for k, v in row.items()})
+    # Paths inside the work folder are relative, so a moved or copied work folder reruns nothing.
+    values = {str(k): (None if v != v else (work_relative(v) if k in PATH_COLUMNS else v)) for k, v in row.items()}
+    return canonical(values)
 
 
 def sample_counts_input(wildcards):
     # Declared as input so a missing file on a real study is reported before any job runs.
-    return existing_inputs(CFG, {"counts": str(sheet().loc[wildcards.sample, "rna_path"])})
+    return existing_inputs(CFG, {"counts": work_relative(str(sheet().loc[wildcards.sample, "rna_path"]))})
 
 
 def sample_atac_input(wildcards):
     # 10x_peaks reads the Peaks features of the sample's .h5; tiles/peaks count its fragments file
     # (read_samples has already checked that every sample has one).
     column = "rna_path" if CFG["load_atac"]["matrix"] == "10x_peaks" else "fragments_path"
-    return existing_inputs(CFG, {"atac_source": str(sheet().loc[wildcards.sample, column])})
+    return existing_inputs(CFG, {"atac_source": work_relative(str(sheet().loc[wildcards.sample, column]))})
 
 
 def per_sample(pattern):

@@ -12,6 +12,59 @@ import pandas as pd
 from rvi.io.atomic import atomic_path
 
 FRAGMENT_COLUMNS = ["chrom", "start", "end", "barcode", "count"]
+#: The empty BGZF block every complete bgzip file ends with (SAM/BAM specification, section 4.1.2).
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+#: The config key that lets a study use fragments files without a tabix index.
+NO_INDEX_KEY = "load_atac.require_index"
+
+
+def fragments_file_problems(path: str | os.PathLike, require_index: bool = True) -> list[str]:
+    """Cheap checks of a fragments file (its first and last bytes, its index): one line per problem.
+
+    * bgzip-compressed (BGZF), not plain gzip or uncompressed: tabix and SnapATAC2 need BGZF;
+    * complete: a bgzip file ends with the BGZF end-of-file block (missing = truncated copy / download);
+    * ``<file>.tbi`` present (unless ``require_index`` is false) and not older than the file (an index of
+      an earlier version of the file points to the wrong places: SnapATAC2 then fails inside Rust).
+
+    Each message says what to run. Sorting is checked by tabix when indexing, and by
+    :func:`rvi.atac.validate_fragments` when it scans a file without an index.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return [f"{path}: fragments file does not exist"]
+    with open(path, "rb") as fh:
+        head = fh.read(18)
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(size - len(BGZF_EOF), 0))
+        tail = fh.read()
+    name = path.name
+    index = Path(f"{path}.tbi")
+    bgzf = head[:2] == b"\x1f\x8b" and len(head) >= 14 and head[3] & 4 != 0 and head[12:14] == b"BC"
+    if head[:2] != b"\x1f\x8b":
+        fix = f"`bgzip {name} && tabix -p bed {name}.gz`"
+        what = "not compressed"
+    else:
+        fix = f"`zcat {name} | bgzip > {name}.bgz && mv {name}.bgz {name} && tabix -f -p bed {name}`"
+        what = "plain gzip, not bgzip"
+    if bgzf and tail != BGZF_EOF:
+        return [f"{path}: truncated (no BGZF end-of-file block; an interrupted copy or download?): copy it again"]
+    if not index.is_file():
+        if not require_index:
+            return []  # scanned as a whole (rvi.atac.validate_fragments also checks the order then)
+        first = "" if bgzf else f" (and the file is {what}: {fix})"
+        return [
+            f"Tabix index not found: {index}{first}. Run `tabix -p bed {path}`, or set '{NO_INDEX_KEY}: false' "
+            "in the config to scan the whole file instead"
+        ]
+    if not bgzf:
+        return [f"{path}: {what} (tabix and SnapATAC2 need BGZF blocks to use its index): recompress with {fix}"]
+    if index.stat().st_mtime < path.stat().st_mtime:
+        return [
+            f"{path}: tabix index {index.name} is older than the file (made for an earlier version of it): "
+            f"re-index with `tabix -f -p bed {path}`"
+        ]
+    return []
 
 
 def write_fragments(

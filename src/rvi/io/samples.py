@@ -37,6 +37,8 @@ def read_sample_sheet(path: str | os.PathLike, check_paths: bool = True) -> pd.D
     missing = [c for c in REQUIRED_COLUMNS if c not in sheet.columns]
     if missing:
         raise ValueError(f"{path}: sample sheet lacks required columns {missing} (has {list(sheet.columns)})")
+    if sheet.empty:
+        raise ValueError(f"{path}: sample sheet has a header but no samples (one row per sample is needed)")
     for col in REQUIRED_COLUMNS:
         empty = sheet.index[sheet[col] == ""].tolist()
         if empty:
@@ -49,6 +51,14 @@ def read_sample_sheet(path: str | os.PathLike, check_paths: bool = True) -> pd.D
     if bad:
         detail = "; ".join(f"library {lib!r} -> datasets {ds}" for lib, ds in bad.items())
         raise ValueError(f"{path}: each library must belong to exactly one dataset: {detail}")
+    lib_dup = sorted(sheet.loc[sheet["library"].duplicated(), "library"].unique())
+    if lib_dup:
+        used = {lib: sheet.loc[sheet["library"] == lib, "sample"].tolist() for lib in lib_dup}
+        detail = "; ".join(f"{lib!r}: samples {names}" for lib, names in used.items())
+        raise ValueError(
+            f"{path}: library ids used by several samples ({detail}); each sample is one library (Scrublet and "
+            "the ambient / library priors work per library): give each sample its own library id"
+        )
     for col in PATH_COLUMNS:
         if col not in sheet.columns:
             sheet[col] = ""
@@ -64,6 +74,14 @@ def read_sample_sheet(path: str | os.PathLike, check_paths: bool = True) -> pd.D
                 raise FileNotFoundError(f"{path}: sample {sample!r}: {col} {value!r} does not exist ({p})")
             resolved.append(str(p))
         sheet[col] = resolved
+    for col in ("rna_path", "fragments_path"):
+        used = sheet.loc[sheet[col] != "", [col, "sample"]]
+        twice = used[used[col].duplicated(keep=False)]
+        if len(twice):
+            detail = "; ".join(f"{f}: samples {g['sample'].tolist()}" for f, g in twice.groupby(col, sort=True))
+            raise ValueError(
+                f"{path}: the same {col} is listed for several samples (cells would be duplicated): {detail}"
+            )
     return sheet.set_index("sample", drop=False)
 
 

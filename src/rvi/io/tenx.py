@@ -64,6 +64,57 @@ def validate_counts(X, name: str, chunk_size: int = 5_000_000) -> None:
         check(np.asarray(block.data if sp.issparse(block) else block))
 
 
+def check_sparse_structure(indptr, indices, n_major: int, n_minor: int, nnz: int, name: str) -> None:
+    """Raise ValueError naming ``name`` unless (indptr, indices) describe a valid compressed sparse matrix.
+
+    ``n_major`` is the number of compressed rows (CSR) or columns (CSC), ``n_minor`` the other dimension and
+    ``nnz`` the number of stored values. Checked: indptr has n_major + 1 entries, starts at 0, never
+    decreases and ends at nnz; indices has nnz entries, all in [0, n_minor). scipy checks none of the value
+    ranges when it wraps such arrays, and a corrupted matrix then crashes (or segfaults) a later step.
+    """
+    indptr = np.asarray(indptr)
+    indices = np.asarray(indices)
+    if indptr.ndim != 1 or indptr.size != n_major + 1:
+        raise ValueError(f"{name}: corrupt sparse matrix: indptr has {indptr.size} entries, expected {n_major + 1}")
+    if indptr.size and (indptr[0] != 0 or indptr[-1] != nnz):
+        raise ValueError(
+            f"{name}: corrupt sparse matrix: indptr runs from {indptr[0]} to {indptr[-1]}, expected 0 to {nnz} "
+            "(stored values)"
+        )
+    steps = np.diff(indptr)
+    if steps.size and steps.min() < 0:
+        bad = int(np.flatnonzero(steps < 0)[0])
+        raise ValueError(f"{name}: corrupt sparse matrix: indptr decreases at position {bad + 1}")
+    if indices.size != nnz:
+        raise ValueError(f"{name}: corrupt sparse matrix: {indices.size} indices for {nnz} stored values")
+    if indices.size and (indices.min() < 0 or indices.max() >= n_minor):
+        raise ValueError(
+            f"{name}: corrupt sparse matrix: indices range {indices.min()}..{indices.max()} outside 0..{n_minor - 1}"
+        )
+
+
+def check_sparse_matrix(X, name: str) -> None:
+    """:func:`check_sparse_structure` of a scipy CSR / CSC matrix (no-op for dense arrays)."""
+    if not sp.issparse(X) or X.format not in ("csr", "csc"):
+        return
+    n_rows, n_cols = X.shape
+    n_major, n_minor = (n_rows, n_cols) if X.format == "csr" else (n_cols, n_rows)
+    check_sparse_structure(X.indptr, X.indices, n_major, n_minor, X.data.size, name)
+
+
+def check_unique_var_names(var_names, name: str, show: int = 10) -> None:
+    """Raise ValueError naming ``name`` and listing duplicated feature names (they would be merged or misaligned)."""
+    names = pd.Index(var_names)
+    if names.is_unique:
+        return
+    dup = sorted(map(str, names[names.duplicated()].unique()))
+    more = f" ... ({len(dup)} in all)" if len(dup) > show else ""
+    raise ValueError(
+        f"{name}: duplicated feature names {dup[:show]}{more}; make them unique (e.g. adata.var_names_make_unique()) "
+        "or index var by unique ids"
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # 10x HDF5
 # --------------------------------------------------------------------------------------------------
@@ -146,15 +197,15 @@ def read_10x_h5(path: str | os.PathLike, feature_type: str | None = GENE_EXPRESS
             indptr = grp["indptr"][:]
             barcodes = _decode(grp["barcodes"][:])
             feats = _features_from_group(path, grp)
-    except (OSError, KeyError, RuntimeError) as e:
+    except (OSError, KeyError, RuntimeError, UnicodeDecodeError) as e:
+        # Flipped bytes in the barcode / feature strings surface as UnicodeDecodeError.
         raise ValueError(f"{path}: cannot read 10x HDF5 content (corrupt or truncated file?): {e}") from e
     if indptr.size != n_bc + 1 or barcodes.size != n_bc or len(feats) != n_feat or indptr[-1] != data.size:
         raise ValueError(
             f"{path}: inconsistent 10x matrix (shape {n_feat}x{n_bc}, {barcodes.size} barcodes, "
             f"{len(feats)} features, indptr {indptr.size}, data {data.size})"
         )
-    if indices.size != data.size or (indices.size and (indices.min() < 0 or indices.max() >= n_feat)):
-        raise ValueError(f"{path}: feature indices out of range or inconsistent with data")
+    check_sparse_structure(indptr, indices, n_bc, n_feat, data.size, f"{path} (10x HDF5)")
     validate_counts(data, str(path))
     # Stored as CSC features x barcodes, i.e. CSR barcodes x features.
     X = sp.csr_matrix((data.astype(np.float32), indices, indptr), shape=(n_bc, n_feat))
@@ -276,6 +327,12 @@ def read_h5ad_counts(path: str | os.PathLike, layer: str | None = None) -> ad.An
     where = f"{path} ({'layer ' + key if key else 'X'})"
     if X is None:
         raise ValueError(f"{where}: no count matrix")
+    if X.shape != (adata.n_obs, adata.n_vars):
+        raise ValueError(
+            f"{where}: matrix shape {X.shape} does not match {adata.n_obs} cells x {adata.n_vars} features"
+        )
+    check_sparse_matrix(X, where)
+    check_unique_var_names(adata.var_names, str(path))
     validate_counts(X, where)
     out = ad.AnnData(
         X=sp.csr_matrix(X, dtype=np.float32), obs=adata.obs.copy(), var=adata.var.copy(), uns=dict(adata.uns)
@@ -298,6 +355,55 @@ def _read_any(path: Path, feature_type: str | None, layer: str | None) -> ad.Ann
     if not path.exists():
         raise FileNotFoundError(f"{path}: input does not exist")
     raise ValueError(f"{path}: unsupported input (expected a 10x .h5, a 10x mtx folder or an .h5ad)")
+
+
+def label_table_problems(columns: Sequence[str], label_columns: Sequence[str]) -> list[str]:
+    """Header problems of a label table: no ``barcode`` column, configured levels it lacks (with close matches)."""
+    import difflib
+
+    columns = [str(c) for c in columns]
+    problems = []
+    if "barcode" not in columns:
+        problems.append(f"needs a 'barcode' column (has {columns})")
+    missing = [c for c in label_columns if c not in columns]
+    if missing:
+        others = [c for c in columns if c != "barcode" and c not in label_columns]
+        hints = {m: difflib.get_close_matches(m, others, n=1) for m in missing}
+        did = "; ".join(f"{m!r}: did you mean {h[0]!r}?" for m, h in hints.items() if h)
+        problems.append(
+            f"lacks the label level column(s) {missing} of labels.levels {list(label_columns)} "
+            f"(has {columns}){'; ' + did if did else ''}"
+        )
+    return problems
+
+
+def read_label_table(path: str | os.PathLike, label_columns: Sequence[str], barcodes: Sequence[str]) -> pd.DataFrame:
+    """A sample's label CSV (``barcode`` + one column per level) reindexed to ``barcodes``.
+
+    Errors naming the file: no ``barcode`` column, a configured level column missing, duplicate barcodes,
+    no barcode of the sample in the table. Partial labels are legitimate: cells absent from the table stay
+    unlabelled, and the counts are printed (the job's log).
+    """
+    table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    problems = label_table_problems(table.columns, label_columns)
+    if problems:
+        raise ValueError(f"{path}: label table " + "; ".join(problems))
+    dup = table["barcode"][table["barcode"].duplicated()].unique().tolist()
+    if dup:
+        raise ValueError(f"{path}: duplicate barcodes in label table, e.g. {dup[:5]}")
+    found = pd.Index(barcodes).isin(table["barcode"])
+    if len(table) and not found.any():
+        raise ValueError(
+            f"{path}: none of the {len(table)} barcodes of the label table is a cell of this sample "
+            f"(label table: {table['barcode'].head(3).tolist()}, sample: {list(barcodes[:3])}); wrong file, or "
+            "barcodes written differently (suffix such as '-1', library prefix)?"
+        )
+    unused = len(table) - int(found.sum())
+    print(
+        f"labels {path}: {int(found.sum())} of {len(barcodes)} cells labelled"
+        + (f"; warning: {unused} barcodes of the label table are not cells of this sample" if unused else "")
+    )
+    return table.set_index("barcode").reindex(barcodes)
 
 
 def load_sample(
@@ -335,12 +441,7 @@ def load_sample(
 
     labels = pd.DataFrame(index=pd.Index(barcodes))
     if labels_path:
-        table = pd.read_csv(labels_path, dtype=str, keep_default_na=False, na_values=[""])
-        if "barcode" not in table.columns:
-            raise ValueError(f"{labels_path}: label table needs a 'barcode' column (has {list(table.columns)})")
-        if table["barcode"].duplicated().any():
-            raise ValueError(f"{labels_path}: duplicate barcodes in label table")
-        labels = table.set_index("barcode").reindex(barcodes)
+        labels = read_label_table(labels_path, label_columns, barcodes)
     for col in label_columns:
         values = labels[col] if col in labels.columns else pd.Series(np.nan, index=labels.index, dtype=object)
         adata.obs[col] = pd.Categorical(values.to_numpy())

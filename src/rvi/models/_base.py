@@ -52,6 +52,51 @@ def covariate_spec_from_args(setup_args: dict) -> CovariateSpec:
     return resolve_covariate_keys(**{k: setup_args.get(k) for k in COVARIATE_ARGS if k in setup_args})
 
 
+def _feature_difference(current, saved, where: str, show: int = 10) -> None:
+    current, saved = pd.Index(current).astype(str), pd.Index(saved).astype(str)
+    missing, extra = saved.difference(current), current.difference(saved)
+    if len(missing) or len(extra) or len(current) != len(saved):
+        detail = []
+        if len(missing):
+            detail.append(f"{len(missing)} feature(s) of the model missing from the data: {list(missing[:show])}")
+        if len(extra):
+            detail.append(f"{len(extra)} feature(s) the model was not trained on: {list(extra[:show])}")
+        if not detail:
+            detail.append("duplicated feature names")
+        raise ValueError(
+            f"{where}: the data's features differ from the model's ({'; '.join(detail)}); subset the data to the "
+            "model's features (e.g. adata[:, model_var_names]) before loading"
+        )
+
+
+def align_features(adata, saved_var_names, where: str = "model"):
+    """``adata`` with its features in the order of ``saved_var_names`` (the model's training order).
+
+    Returns ``adata`` itself when the order already matches, else a reordered copy (AnnData). Raises
+    ValueError naming missing / extra features when the sets differ; for a MuData (per-modality names) the
+    order must match per modality.
+    """
+    if isinstance(saved_var_names, dict):  # MuData, one array per modality
+        for mod, names in saved_var_names.items():
+            if mod not in adata.mod:
+                raise ValueError(f"{where}: the data has no modality {mod!r} (has {list(adata.mod)})")
+            current = adata.mod[mod].var_names
+            _feature_difference(current, names, f"{where}, modality {mod!r}")
+            if not np.array_equal(np.asarray(current).astype(str), np.asarray(names).astype(str)):
+                raise ValueError(
+                    f"{where}, modality {mod!r}: same features as the model in another order; reorder them to the "
+                    "model's order (mdata.mod[m] = mdata.mod[m][:, names]) before loading"
+                )
+        return adata
+    saved = np.asarray(saved_var_names).astype(str)
+    current = np.asarray(adata.var_names).astype(str)
+    if np.array_equal(current, saved):
+        return adata
+    _feature_difference(current, saved, where)
+    logger.info("%s: reordering the data's %d features to the model's training order", where, len(saved))
+    return adata[:, saved].copy()
+
+
 class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
     """Base of AmbientRegularizedSCVI and RegularizedMultimodalVI."""
 
@@ -119,6 +164,22 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             configs.append(cfg)
         n_cont = len(spec.nn_continuous_covariate_keys)
         return self._module_cls(configs, n_cats, cols, n_continuous_cov=n_cont, **module_kwargs)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, dir_path, adata=None, *args, **kwargs):
+        """scvi-tools' ``load``, with the features of ``adata`` matched to the saved model by name.
+
+        The same features in another order are reordered to the training order (scvi-tools only warns,
+        and the latent space silently changes); different feature sets raise a ValueError naming the
+        missing and extra features.
+        """
+        if adata is not None:
+            from scvi.model.base._save_load import _load_saved_files
+
+            saved = _load_saved_files(str(dir_path), False, prefix=kwargs.get("prefix"), map_location="cpu")[1]
+            adata = align_features(adata, saved, str(dir_path))
+        return super().load(dir_path, adata, *args, **kwargs)
 
     # ------------------------------------------------------------------ training
     def train(

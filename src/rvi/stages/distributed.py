@@ -39,7 +39,10 @@ __all__ = ["DistributedWorkerDone", "ddp_ranks", "is_worker", "mark_training_don
 
 #: Set (to the rank) in the environment of the worker ranks started by :func:`ddp_ranks`.
 WORKER_ENV = "RVI_DDP_WORKER"
-_RANK_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK", "RANK", WORKER_ENV)
+#: The job's temporary DDP folder: every rank keeps its temporary files (Lightning logs) there, so that
+#: removing it (on every exit path of :func:`ddp_ranks`) leaves nothing behind, even after a killed rank.
+TMP_ENV = "RVI_DDP_TMP"
+_RANK_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK", "RANK", WORKER_ENV, TMP_ENV)
 #: Training stages (the sections with a ``training`` block).
 TRAINING_STAGES = ("train_rna", "train_multimodal")
 #: Set by rank 0 once Model.train returned: no collective can block it any more.
@@ -118,7 +121,13 @@ def ddp_ranks(stage: str, kwargs: Mapping, outputs: Mapping, threads: int = 1):
 @contextmanager
 def _ddp_ranks(stage: str, kwargs: dict, outputs: dict, n: int, threads: int) -> Iterator[None]:
     tmp = Path(tempfile.mkdtemp(prefix=f"rvi-ddp-{stage}-"))
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(n), "NODE_RANK": "0"}
+    env = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "WORLD_SIZE": str(n),
+        "NODE_RANK": "0",
+        TMP_ENV: str(tmp),
+    }
     workers: list[tuple[int, subprocess.Popen, Path]] = []
     done = threading.Event()
     _TRAINING_DONE.clear()
@@ -134,6 +143,7 @@ def _ddp_ranks(stage: str, kwargs: dict, outputs: dict, n: int, threads: int) ->
             spec.write_text(json.dumps({"stage": stage, "kwargs": worker_kwargs, "threads": worker_threads}))
             log = folder / "rank.log"
             rank_env = {**os.environ, **env, "LOCAL_RANK": str(rank), "RANK": str(rank), WORKER_ENV: str(rank)}
+            rank_env[TMP_ENV] = str(folder)
             with open(log, "w") as fh:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "rvi.stages.distributed", str(spec)],
@@ -155,6 +165,11 @@ def _ddp_ranks(stage: str, kwargs: dict, outputs: dict, n: int, threads: int) ->
                         print(f"[rvi] DDP rank {rank} failed (exit {code}); its log:\n{_tail(log)}", flush=True)
                         sys.stdout.flush()
                         sys.stderr.flush()
+                        # os._exit skips the finally below: stop the other ranks and remove the folder here.
+                        for _, other, _ in workers:
+                            if other.poll() is None:
+                                other.kill()
+                        shutil.rmtree(tmp, ignore_errors=True)
                         os._exit(1)
 
         watcher = threading.Thread(target=watch, name="rvi-ddp-watchdog", daemon=True)

@@ -137,7 +137,13 @@ def load_atac(
     elif spec["matrix"] == "peaks":
         peaks = atac.read_peaks_from_10x_h5(sample["rna_path"]).var_names.tolist()
         counts = atac.count_peaks(
-            atac_source, peaks, barcodes, chrom_sizes=chrom_sizes, gene_anno=gene_annotation, n_jobs=threads
+            atac_source,
+            peaks,
+            barcodes,
+            chrom_sizes=chrom_sizes,
+            gene_anno=gene_annotation,
+            n_jobs=threads,
+            require_index=spec.get("require_index", True),
         )
     else:
         counts = atac.count_tiles(
@@ -148,6 +154,7 @@ def load_atac(
             gene_anno=gene_annotation,
             n_jobs=threads,
             tempdir=Path(h5ad).parent,
+            require_index=spec.get("require_index", True),
         )
     qc_table = atac.atac_qc(counts)
     for col in qc_table.columns:

@@ -12,6 +12,8 @@ import pandas as pd
 
 from rvi.io.atomic import atomic_dir, atomic_path, save_figure, write_csv, write_parquet
 from rvi.stages._util import pyplot
+from rvi.stages.checkpoint import checkpoint_dir
+from rvi.stages.checkpoint import drop as drop_checkpoint
 from rvi.stages.distributed import DistributedWorkerDone, is_worker, mark_training_done, world_size
 
 
@@ -160,8 +162,19 @@ def _train_kwargs(training: Mapping, train_idx: np.ndarray, val_idx: np.ndarray)
     return kwargs
 
 
-def _build_and_train(model_cls, data, model_cfg: Mapping, training: Mapping, train_idx, val_idx):
-    """Instantiate a registered rvi model from the stage's ``model`` section and train it."""
+def _build_and_train(model_cls, data, model_cfg: Mapping, training: Mapping, train_idx, val_idx, resume=None):
+    """Instantiate a registered rvi model from the stage's ``model`` section and train it.
+
+    ``resume``: the stage's resume folder (:mod:`rvi.stages.checkpoint`), or None to train without one.
+    """
+    from rvi.stages import checkpoint
+
+    if training["early_stopping"] and len(val_idx) == 0:
+        raise ValueError(
+            f"training.validation_fraction = {training['validation_fraction']} gives 0 validation cells of "
+            f"{len(train_idx)} (every label x library stratum rounds to 0) but training.early_stopping is true: "
+            "raise validation_fraction or set early_stopping: false"
+        )
     vae = model_cls(
         data,
         n_hidden=model_cfg["n_hidden"],
@@ -172,10 +185,17 @@ def _build_and_train(model_cls, data, model_cfg: Mapping, training: Mapping, tra
     )
     print(vae)
     kwargs = _train_kwargs(training, train_idx, val_idx)
+    saver = None
+    if resume is not None:
+        key = checkpoint.fingerprint(model_cfg, training, data.obs_names, data.var_names, train_idx, val_idx)
+        saver = checkpoint.epoch_checkpoint(resume, key)
+        kwargs["callbacks"] = [*kwargs["callbacks"], saver]
+        kwargs["ckpt_path"] = checkpoint.resume_path(resume, key)
     if world_size(training) > 1:
         # Under DDP scvi-tools saves its history logger to disk (default: ./lightning_logs in the working
         # directory, i.e. the repository): keep it in a temporary folder instead.
-        with tempfile.TemporaryDirectory(prefix="rvi-ddp-log-") as log_dir:
+        # Inside the job's DDP folder (removed on every exit path, also when this rank is killed).
+        with tempfile.TemporaryDirectory(prefix="rvi-ddp-log-", dir=os.environ.get("RVI_DDP_TMP")) as log_dir:
             vae.train(**kwargs, log_save_dir=log_dir)
     else:
         vae.train(**kwargs)
@@ -183,7 +203,7 @@ def _build_and_train(model_cls, data, model_cfg: Mapping, training: Mapping, tra
     if is_worker():
         # A DDP worker rank (rvi.stages.distributed): rank 0 alone computes and writes the outputs.
         raise DistributedWorkerDone()
-    hist = history_frame(vae.history_)
+    hist = checkpoint.full_history(history_frame(vae.history_), saver)
     print(f"trained {len(hist)} epochs")
     return vae, hist
 
@@ -375,7 +395,8 @@ def train_rna(
     qc_table["split"] = split.reindex(qc_table.index).fillna("excluded")
 
     AmbientRegularizedSCVI.setup_anndata(adata, **_setup_kwargs(cov))
-    vae, hist = _build_and_train(AmbientRegularizedSCVI, adata, spec["model"], training, train_idx, val_idx)
+    resume = checkpoint_dir(model, training, world_size(training))
+    vae, hist = _build_and_train(AmbientRegularizedSCVI, adata, spec["model"], training, train_idx, val_idx, resume)
 
     z = vae.get_latent_representation()
     cols = [f"z{i}" for i in range(z.shape[1])]
@@ -400,6 +421,7 @@ def train_rna(
     qc_table.index.name = "obs_name"
     write_csv(qc_table, cells)
     _save_model(vae, model)
+    drop_checkpoint(resume)
 
 
 def _write_embedding_outputs(z, cols, adata, embedding, latent, umap, leiden, knn, umap_png, color_keys, threads):
@@ -487,7 +509,8 @@ def train_multimodal(
     train_idx, val_idx = validation_split(mdata.obs, strat, cov["library_key"], training)
 
     RegularizedMultimodalVI.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, **setup)
-    vae, hist = _build_and_train(RegularizedMultimodalVI, mdata, spec["model"], training, train_idx, val_idx)
+    resume = checkpoint_dir(model, training, world_size(training))
+    vae, hist = _build_and_train(RegularizedMultimodalVI, mdata, spec["model"], training, train_idx, val_idx, resume)
 
     z = vae.get_latent_representation()
     view = ad.AnnData(obs=mdata.obs.copy())
@@ -530,6 +553,7 @@ def train_multimodal(
     write_csv(hist, history)
     plot_training_curves(hist, curves_png, "RegularizedMultimodalVI")
     _save_model(vae, model)
+    drop_checkpoint(resume)
 
 
 def _covariate_columns(setup: Mapping) -> list[str]:
