@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from rvi.data._csr import TorchCSR, as_csr
+from rvi.data._csr import TorchCSR, as_csr, cpu_single_thread
 
 _STOP = object()
 
@@ -78,7 +78,8 @@ class ResidentLoader(_Loader):
     def batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         rows = rows.to(self.device, non_blocking=True)
         out = {key: m.dense_rows(rows) for key, m in self.matrices.items()}
-        out.update({key: t.index_select(0, rows) for key, t in self.dense.items()})
+        with cpu_single_thread(self.device):
+            out.update({key: t.index_select(0, rows) for key, t in self.dense.items()})
         return out
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -87,17 +88,15 @@ class ResidentLoader(_Loader):
             yield self.batch(all_rows[start : start + self.batch_size])
 
 
-def compact_rows(csr: TorchCSR, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The CSR of ``csr[rows]`` (indptr, indices, data) on csr's device, by index arithmetic."""
-    rows = rows.long()
-    starts = csr.indptr.index_select(0, rows)
-    counts = csr.indptr.index_select(0, rows + 1) - starts
-    indptr = torch.zeros(rows.shape[0] + 1, dtype=torch.int64)
-    torch.cumsum(counts, 0, out=indptr[1:])
-    total = int(indptr[-1])
-    row_of = torch.repeat_interleave(torch.arange(rows.shape[0]), counts, output_size=total)
-    pos = torch.arange(total) + (starts - indptr[:-1]).index_select(0, row_of)
-    return indptr, csr.indices.index_select(0, pos), csr.data.index_select(0, pos)
+def compact_rows(csr: sp.csr_matrix, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The CSR pieces (indptr, indices, data) of ``csr[rows]`` as CPU tensors (scipy's C row gather: one
+    thread, no OpenMP region, so it runs beside the training thread without contending for it)."""
+    part = csr[rows.numpy()]
+    return (
+        torch.from_numpy(part.indptr.astype(np.int64, copy=False)),
+        torch.from_numpy(part.indices.astype(np.int32, copy=False)),
+        torch.from_numpy(part.data.astype(np.float32, copy=False)),
+    )
 
 
 class _HostBatches:
@@ -143,9 +142,10 @@ class _HostBatches:
 
 
 class StreamedLoader(_Loader):
-    """Minibatches from a host CSR: a thread slices the next ``prefetch_depth`` minibatches on the host
-    (pinned memory on CUDA), the copy to the device runs on a side CUDA stream one minibatch ahead, and the
-    dense rows are built on the device. On the CPU the same code runs without pinning or streams.
+    """Minibatches from a host CSR (scipy, in host memory): a thread slices the next ``prefetch_depth``
+    minibatches on the host (pinned memory on CUDA), the copy to the device runs on a side CUDA stream one
+    minibatch ahead, and the dense rows are built on the device. On the CPU the same code runs without
+    pinning or streams.
 
     ``block_source`` (a :class:`BackedCSRSource`) replaces the in-memory host CSR by contiguous reads of a
     backed .h5ad in shuffled blocks.
@@ -153,7 +153,7 @@ class StreamedLoader(_Loader):
 
     def __init__(
         self,
-        host_matrices: dict[str, TorchCSR],
+        host_matrices: dict[str, sp.csr_matrix],
         dense: dict[str, torch.Tensor],
         indices: np.ndarray,
         batch_size: int,
@@ -178,7 +178,8 @@ class StreamedLoader(_Loader):
             ip, ix, dv = (t.to(self.device, non_blocking=True) for t in (indptr, indices, data))
             local = torch.arange(rows.shape[0], device=self.device)
             out[key] = TorchCSR(ip, ix, dv, (rows.shape[0], n_cols)).dense_rows(local)
-        out.update({key: t.index_select(0, rows) for key, t in self.dense.items()})
+        with cpu_single_thread(self.device):
+            out.update({key: t.index_select(0, rows) for key, t in self.dense.items()})
         return out
 
     def _host_pieces(self, epoch: list[torch.Tensor] | None, seed: int):

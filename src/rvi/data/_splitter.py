@@ -22,7 +22,8 @@ DATA_PATHS = ("auto", "resident", "streamed", "scvi")
 def _is_matrix(values) -> bool:
     import scipy.sparse as sp
 
-    return sp.issparse(values) or type(values).__name__ in ("CSRDataset", "CSCDataset", "SparseDataset")
+    name = type(values).__name__  # anndata's backed sparse datasets (_CSRDataset, _CSCDataset, ...)
+    return sp.issparse(values) or name.lstrip("_") in ("CSRDataset", "CSCDataset", "SparseDataset")
 
 
 def _dense_tensor(values, dtype) -> torch.Tensor:
@@ -146,10 +147,9 @@ class RVIDataSplitter(DataSplitter):
                 tensors[key] = TorchCSR.from_scipy(host, device=device)
             self._built = {"matrices": tensors, "dense": dense_t, "device": device}
         else:
-            pin = device.type == "cuda"
             host = {}
             if not backed:
-                host = {k: TorchCSR.from_scipy(as_csr(v, f"registry key {k!r}"), pin=pin) for k, v in matrices.items()}
+                host = {k: as_csr(v, f"registry key {k!r}") for k, v in matrices.items()}
             if backed and len(backed) > 1:
                 raise ValueError("Streaming a backed file supports one count matrix; load the MuData into memory.")
             self._built = {
