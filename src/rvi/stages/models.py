@@ -138,6 +138,7 @@ def _train_kwargs(training: Mapping, train_idx: np.ndarray, val_idx: np.ndarray)
         "accelerator": training["accelerator"],
         "devices": training["devices"],
         "strategy": training["strategy"],
+        "data_path": training.get("data_path", "auto"),
         "plan_kwargs": dict(training["plan_kwargs"]),
         "datasplitter_kwargs": {"external_indexing": [train_idx, val_idx, np.array([], dtype=np.int64)]},
         # Validation every epoch so the training curves always have both splits; one log line per
@@ -184,6 +185,9 @@ def _build_and_train(model_cls, data, model_cfg: Mapping, training: Mapping, tra
         # A DDP worker rank (rvi.stages.distributed): rank 0 alone computes and writes the outputs.
         raise DistributedWorkerDone()
     hist = history_frame(vae.history_)
+    chosen = getattr(vae, "data_path_", None)
+    if chosen:
+        print(f"data path: {chosen['data_path']} ({chosen['reason']})")
     print(f"trained {len(hist)} epochs")
     return vae, hist
 
