@@ -125,6 +125,8 @@ def _run_variant(args) -> dict:
 
     v = args.variant
     extra, n_cells = {}, args.cells
+    if v == "multivi":
+        extra["early_stopping"] = False  # MULTIVI's train() turns it on by default; no validation set here
     if v in MM_VARIANTS:
         data, n_cells = _mudata(args), args.mm_cells
         if v == "multivi":
