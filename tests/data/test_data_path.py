@@ -190,3 +190,10 @@ def test_backed_file_not_csr_and_changed_shape(tmp_path):
     _write_backed(tmp_path, sp.csr_matrix(X[:80]))  # the file is rewritten with fewer cells
     with pytest.raises(RuntimeError, match=r"changed during training.*\(100, 20\).*\(80, 20\)"):
         list(source.epoch(np.arange(80), 32, shuffle=True, drop_last=False))
+
+
+def test_distributed_sampler_keeps_scvi_loader():
+    model = _rna_model()
+    split = _splitter(model, "auto", distributed_sampler=True)
+    split.setup()
+    assert split.data_path_used == "scvi" and "DDP" in split.data_path_reason
