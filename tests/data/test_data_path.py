@@ -197,3 +197,9 @@ def test_distributed_sampler_keeps_scvi_loader():
     split = _splitter(model, "auto", distributed_sampler=True)
     split.setup()
     assert split.data_path_used == "scvi" and "DDP" in split.data_path_reason
+
+
+def test_early_stopping_without_validation_set_is_an_error():
+    model = _rna_model()
+    with pytest.raises(ValueError, match="no validation set"):
+        model.train(max_epochs=2, batch_size=64, train_size=1.0, early_stopping=True)

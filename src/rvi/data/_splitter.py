@@ -122,6 +122,10 @@ class RVIDataSplitter(DataSplitter):
 
     def setup(self, stage: str | None = None):
         super().setup(stage)
+        # scvi-tools' TrainRunner makes this check only for a splitter named exactly "DataSplitter".
+        stopper = getattr(getattr(self, "trainer", None), "early_stopping_callback", None)
+        if stopper is not None and "valid" in stopper.monitor and self.n_val == 0:
+            raise ValueError("Can't run Early Stopping with validation monitor with no validation set")
         if self._built is not None:
             return
         if self.data_path == "scvi":
