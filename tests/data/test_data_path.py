@@ -203,3 +203,13 @@ def test_early_stopping_without_validation_set_is_an_error():
     model = _rna_model()
     with pytest.raises(ValueError, match="no validation set"):
         model.train(max_epochs=2, batch_size=64, train_size=1.0, early_stopping=True)
+
+
+def test_batch_totals_match_row_lengths():
+    X = sp.random(70, 12, density=0.3, format="csr", random_state=2, dtype=np.float32)
+    csr = TorchCSR.from_scipy(X)
+    rows = torch.randperm(70)
+    lengths = np.diff(X.indptr)[rows.numpy()]
+    expected = [int(lengths[s : s + 32].sum()) for s in range(0, 70, 32)]
+    assert csr.batch_totals(rows, 32) == expected
+    assert csr.batch_totals(rows[:64], 32) == expected[:2]

@@ -25,20 +25,26 @@ def as_csr(matrix, name: str) -> sp.csr_matrix:
 
 
 def gather_dense(
-    indptr: torch.Tensor, indices: torch.Tensor, data: torch.Tensor, rows: torch.Tensor, n_cols: int
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    data: torch.Tensor,
+    rows: torch.Tensor,
+    n_cols: int,
+    total: int | None = None,
 ) -> torch.Tensor:
     """Dense ``(len(rows), n_cols)`` float32 rows of a CSR matrix, built with index arithmetic only.
 
     For each requested row r the entries ``indptr[r]:indptr[r+1]`` are located by a repeat_interleave of
     the row lengths; the values are scattered into a zero matrix through one flat ``index_put_``. All
-    tensors stay on their device; the only host synchronisation is the total number of entries.
+    tensors stay on their device; the only host synchronisation is the total number of entries, which
+    callers that know it (per-epoch totals, a host-side indptr) pass as ``total`` to avoid it.
     """
     rows = rows.long()
     starts = indptr.index_select(0, rows)
     counts = indptr.index_select(0, rows + 1) - starts
     n_rows = rows.shape[0]
     out = torch.zeros(n_rows * n_cols, dtype=data.dtype, device=data.device)
-    total = int(counts.sum())
+    total = int(counts.sum()) if total is None else int(total)
     if total == 0:
         return out.view(n_rows, n_cols)
     row_of = torch.repeat_interleave(torch.arange(n_rows, device=data.device), counts, output_size=total)
@@ -91,6 +97,15 @@ class TorchCSR:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.indptr, self.indices, self.data))
 
-    def dense_rows(self, rows: torch.Tensor) -> torch.Tensor:
+    def dense_rows(self, rows: torch.Tensor, total: int | None = None) -> torch.Tensor:
         with cpu_single_thread(self.data.device):
-            return gather_dense(self.indptr, self.indices, self.data, rows, self.shape[1])
+            return gather_dense(self.indptr, self.indices, self.data, rows, self.shape[1], total)
+
+    def batch_totals(self, rows: torch.Tensor, batch_size: int) -> list[int]:
+        """Non-zeros of each consecutive minibatch of ``rows``, with one host synchronisation."""
+        with cpu_single_thread(self.data.device):
+            lengths = self.indptr.index_select(0, rows + 1) - self.indptr.index_select(0, rows)
+            ends = torch.cumsum(lengths, 0)[batch_size - 1 :: batch_size]
+            if rows.shape[0] % batch_size:
+                ends = torch.cat([ends, lengths.sum().reshape(1)])
+            return torch.diff(ends, prepend=ends.new_zeros(1)).tolist()

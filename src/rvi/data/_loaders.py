@@ -75,17 +75,23 @@ class ResidentLoader(_Loader):
         super().__init__(indices, batch_size, shuffle, drop_last)
         self.matrices, self.dense, self.device = matrices, dense, torch.device(device)
 
-    def batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    def batch(self, rows: torch.Tensor, totals: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
         rows = rows.to(self.device, non_blocking=True)
-        out = {key: m.dense_rows(rows) for key, m in self.matrices.items()}
+        totals = totals or {}
+        out = {key: m.dense_rows(rows, totals.get(key)) for key, m in self.matrices.items()}
         with cpu_single_thread(self.device):
             out.update({key: t.index_select(0, rows) for key, t in self.dense.items()})
         return out
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        all_rows = torch.cat(self._epoch_rows()).to(self.device) if len(self) else None
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            yield self.batch(all_rows[start : start + self.batch_size])
+        if not len(self):
+            return
+        all_rows = torch.cat(self._epoch_rows()).to(self.device)
+        # One host synchronisation per epoch for the minibatch sizes in entries, none per minibatch.
+        totals = {key: m.batch_totals(all_rows, self.batch_size) for key, m in self.matrices.items()}
+        for b, start in enumerate(range(0, len(self) * self.batch_size, self.batch_size)):
+            rows = all_rows[start : start + self.batch_size]
+            yield self.batch(rows, {key: t[b] for key, t in totals.items()})
 
 
 def compact_rows(csr: sp.csr_matrix, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -177,7 +183,8 @@ class StreamedLoader(_Loader):
             n_cols = self.block_source.n_cols if self.block_source is not None else self.host[key].shape[1]
             ip, ix, dv = (t.to(self.device, non_blocking=True) for t in (indptr, indices, data))
             local = torch.arange(rows.shape[0], device=self.device)
-            out[key] = TorchCSR(ip, ix, dv, (rows.shape[0], n_cols)).dense_rows(local)
+            total = int(indptr[-1])  # known on the host: no device synchronisation
+            out[key] = TorchCSR(ip, ix, dv, (rows.shape[0], n_cols)).dense_rows(local, total)
         with cpu_single_thread(self.device):
             out.update({key: t.index_select(0, rows) for key, t in self.dense.items()})
         return out
