@@ -211,6 +211,7 @@ class StreamedLoader(_Loader):
                     yield self._to_device(item)
                 return
             stream = torch.cuda.Stream(device=self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))  # covariates copied on the default stream
             ahead = None
             for item in producer:
                 with torch.cuda.stream(stream):
