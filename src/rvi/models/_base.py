@@ -11,6 +11,7 @@ import torch
 from scvi.model._utils import get_max_epochs_heuristic
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
+from rvi.data import DATA_PATHS, RVIDataSplitter
 from rvi.models._covariates import CovariateSpec, resolve_covariate_keys
 from rvi.models._stats import dispersion_from_data, library_prior_stats, modality_stats
 from rvi.module.vae import CAT_KEY, ModalityConfig, RegularizedVAE
@@ -102,6 +103,7 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
 
     _module_cls = RegularizedVAE
     _training_plan_cls = RVITrainingPlan
+    _data_splitter_cls = RVIDataSplitter
 
     # ------------------------------------------------------------------ construction
     @property
@@ -189,9 +191,16 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         early_stopping: bool = False,
         early_stopping_min_delta_per_feature: float | None = None,
         plan_kwargs: dict | None = None,
+        data_path: str = "auto",
         **kwargs,
     ):
         """Train with scvi-tools' machinery (``UnsupervisedTrainingMixin.train``).
+
+        ``data_path`` picks the minibatch loader (:mod:`rvi.data`): ``"resident"`` keeps the CSR counts and
+        covariates on the training device and builds dense minibatches there, ``"streamed"`` copies
+        minibatches from host memory (or a backed .h5ad) ahead of use, ``"scvi"`` is scvi-tools'
+        AnnDataLoader, ``"auto"`` (default) goes resident when the memory model fits the device's free
+        memory and streamed otherwise. The choice and its reason are in ``model.data_path_``.
 
         Adds: a KL warm-up that completes (see :func:`rvi.train.default_kl_warmup_epochs`) unless
         ``plan_kwargs`` sets one, and ``early_stopping_min_delta_per_feature``, which scales the
@@ -211,6 +220,10 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         train_size = kwargs.get("train_size")
         if train_size is None or train_size < 1.0:
             kwargs.setdefault("check_val_every_n_epoch", 1)
+        if data_path not in DATA_PATHS:
+            raise ValueError(f"data_path must be one of {list(DATA_PATHS)}, got {data_path!r}.")
+        kwargs["datasplitter_kwargs"] = {**(kwargs.get("datasplitter_kwargs") or {}), "data_path": data_path}
+        kwargs["datasplitter_kwargs"]["module"] = self.module
         result = super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,
@@ -219,6 +232,10 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             **kwargs,
         )
         self._complete_history()
+        splitter = getattr(getattr(self, "trainer", None), "datamodule", None)
+        if isinstance(splitter, RVIDataSplitter):
+            self.data_path_ = {"data_path": splitter.data_path_used, "reason": splitter.data_path_reason}
+            logger.info("trained with data_path=%s (%s)", splitter.data_path_used, splitter.data_path_reason)
         return result
 
     def _complete_history(self) -> None:

@@ -140,6 +140,7 @@ def _train_kwargs(training: Mapping, train_idx: np.ndarray, val_idx: np.ndarray)
         "accelerator": training["accelerator"],
         "devices": training["devices"],
         "strategy": training["strategy"],
+        "data_path": training.get("data_path", "auto"),
         "plan_kwargs": dict(training["plan_kwargs"]),
         "datasplitter_kwargs": {"external_indexing": [train_idx, val_idx, np.array([], dtype=np.int64)]},
         # Validation every epoch so the training curves always have both splits; one log line per
@@ -204,6 +205,9 @@ def _build_and_train(model_cls, data, model_cfg: Mapping, training: Mapping, tra
         # A DDP worker rank (rvi.stages.distributed): rank 0 alone computes and writes the outputs.
         raise DistributedWorkerDone()
     hist = checkpoint.full_history(history_frame(vae.history_), saver)
+    chosen = getattr(vae, "data_path_", None)
+    if chosen:
+        print(f"data path: {chosen['data_path']} ({chosen['reason']})")
     print(f"trained {len(hist)} epochs")
     return vae, hist
 
