@@ -26,10 +26,22 @@ def write_sheet(folder: Path, rows: list[list[str]]) -> Path:
         for rel in row[4:]:
             if rel and not rel.startswith("missing"):
                 (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-                (folder / rel).touch()
+                if rel.endswith(".tsv.gz"):  # fragments files are checked at start (bgzip, index)
+                    _fragments(folder / rel)
+                else:
+                    (folder / rel).touch()
         lines.append("\t".join(row))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _fragments(path: Path) -> None:
+    import pandas as pd
+
+    from rvi.io import write_fragments
+
+    frags = pd.DataFrame({"chrom": ["chr1"], "start": [10], "end": [90], "barcode": ["AAAC-1"], "count": [1]})
+    write_fragments(path, frags)
 
 
 def rows(n: int = 2) -> list[list[str]]:

@@ -47,6 +47,14 @@ def _env(log: Path) -> dict:
     return env
 
 
+def _fragments(path: Path) -> None:
+    import pandas as pd
+
+    from rvi.io import write_fragments
+
+    write_fragments(path, pd.DataFrame({"chrom": ["chr1"], "start": [10], "end": [90], "barcode": ["A"], "count": [1]}))
+
+
 def _prepare(work: Path, study: str, rule: str) -> list[str]:
     """Throwaway workdir; returns the snakemake command (run in ``work``) that submits only ``rule``."""
     work.mkdir(parents=True)
@@ -62,7 +70,13 @@ def _prepare(work: Path, study: str, rule: str) -> list[str]:
         if isinstance(value, str) and value.startswith("/"):
             path = work / "raw" / value.lstrip("/")
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch()
+            # Label files and fragments files are checked at start (header; bgzip + index): minimal valid ones.
+            if "/labels/" in value and value.endswith(".csv"):
+                path.write_text(",".join(["barcode", *cfg.get("labels", {}).get("levels", [])]) + "\n")
+            elif value.endswith(".tsv.gz"):
+                _fragments(path)
+            else:
+                path.touch()
             return str(path)
         return value
 
