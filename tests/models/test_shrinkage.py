@@ -147,7 +147,7 @@ def test_bad_shrinkage_options_are_rejected():
     with pytest.raises(ValueError, match="z_l1_weight"):
         _model(z_l1_weight=-1.0)
     with pytest.raises(ValueError, match="precision"):
-        m = _model()
+        m = _model(latent_prior="normal")
         m.is_trained_ = True
         m.get_active_latent_dims(method="precision")
 
