@@ -21,7 +21,7 @@ the (subsampled) set, right after training: one row per (dataset, model, seed) i
 At the end the mean over seeds is printed (with the drop of each family from 128h/30z to 1024h/256z) and
 a plot of Total vs width per dataset is written next to the CSV.
 
-Run (2 cores, ~50 min for everything):
+Run (2 shared cores, ~40 min for everything):
 ``nice .venv/bin/python benchmarks/integration_quality.py --seeds 3``
 """
 
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="epochs for every dataset (default per dataset)")
     parser.add_argument("--snare-cells", type=int, default=1000, help="stratified SNARE subsample (0 = all)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: on a shared machine 2 threads ran ~5x slower)")
     parser.add_argument("--rvi-setup", default="library+nn", choices=["library", "library+nn", "library+scaling"])
     parser.add_argument("--rvi-kwargs", type=json.loads, default=None, help="JSON module options for rvi")
     parser.add_argument("--tag", default="", help="suffix of the model names in the CSV (pilot variants)")
