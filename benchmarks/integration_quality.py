@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="epochs for every dataset (default per dataset)")
     parser.add_argument("--snare-cells", type=int, default=1000, help="stratified SNARE subsample (0 = all)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: on a shared machine 2 threads ran ~5x slower)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: 2 ran ~5x slower when shared)")
     parser.add_argument("--rvi-setup", default="library+nn", choices=["library", "library+nn", "library+scaling"])
     parser.add_argument("--rvi-kwargs", type=json.loads, default=None, help="JSON module options for rvi")
     parser.add_argument("--tag", default="", help="suffix of the model names in the CSV (pilot variants)")
