@@ -4,7 +4,7 @@ Datasets (``--datasets``), RNA only, batch = the finest technical unit:
 
 * ``snare``: SNARE-seq mouse cortex (``snare_mouse_cortex_6libs.h5mu``, mod['rna'], 1,677 genes, batch =
   ``library`` (6), label = ``cell_type`` (14)); a stratified subsample of ``--snare-cells`` cells
-  (label x library, default 2000) keeps the run within budget.
+  (label x library, default 1000) keeps the run within budget.
 * ``bmmc``: the bone-marrow Multiome starter (500 cells, mod['rna'], 600 genes, batch = donor ``batch`` (2),
   label = ``cell_type`` (21)), all cells.
 
@@ -12,7 +12,7 @@ Models (``--models``): scVI at its usual settings (``batch_key``, ZINB, one laye
 128h/30z, 512h/128z and 1024h/256z, and rvi at the same three widths with the recommended setup:
 ``library_key`` + ``nn_conditioning_covariate_keys`` = the batch column and the module options in
 ``RVI_RECOMMENDED`` (override with ``--rvi-kwargs '{json}'``). Every model trains for ``--epochs`` epochs
-(default 60 for SNARE, 150 for the bone marrow; no early stopping) with batch size 128 and the same KL
+(default 30 for SNARE, 60 for the bone marrow; no early stopping) with batch size 128 and the same KL
 warm-up (rvi's default for that number of epochs), on ``--threads`` CPU threads.
 
 Every latent space is scored with scib-metrics (unscaled; Total = 0.6 Bio + 0.4 Batch) on all cells of
