@@ -271,16 +271,79 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
 
     @torch.inference_mode()
     def get_latent_representation(
-        self, adata=None, indices=None, give_mean: bool = True, batch_size: int | None = None
+        self,
+        adata=None,
+        indices=None,
+        give_mean: bool = True,
+        batch_size: int | None = None,
+        active_only: bool = False,
     ) -> np.ndarray:
-        """Joint latent (posterior mean by default), slices in alphabetical order of modality names."""
+        """Joint latent (posterior mean by default), slices in alphabetical order of modality names.
+
+        ``active_only=True`` keeps the dimensions :meth:`get_active_latent_dims` reports as active
+        (computed on the same cells).
+        """
         self._check_if_trained(warn=False)
         self.module.eval()
         out = []
         for tensors in self._batches(adata, indices, batch_size):
             inf = self.module.inference(**self.module._get_inference_input(tensors), sample=not give_mean)
             out.append(inf["z"].cpu())
-        return torch.cat(out).numpy()
+        z = torch.cat(out).numpy()
+        if active_only:
+            z = z[:, self.get_active_latent_dims(adata, indices, batch_size=batch_size)]
+        return z
+
+    @torch.inference_mode()
+    def latent_variance_ratio(self, adata=None, indices=None, batch_size: int | None = None) -> np.ndarray:
+        """Per joint latent dimension: mean over cells of posterior variance / prior variance.
+
+        The prior variance is 1/alpha_k under ARD and 1 otherwise (horseshoe: of the non-centred u).
+        A dimension the decoder does not use collapses to its prior (ratio ~ 1); a used one has a
+        ratio well below 1.
+        """
+        self._check_if_trained(warn=False)
+        self.module.eval()
+        sums, n = None, 0
+        for tensors in self._batches(adata, indices, batch_size):
+            inf = self.module.inference(**self.module._get_inference_input(tensors), sample=False)
+            parts = []
+            for name in self.module.modality_names:
+                qv = inf["qz_v"][name]
+                if self.module.latent_prior_kind == "ard":
+                    qv = qv * self.module.latent_prior[name].precision()
+                parts.append(qv)
+            qv = torch.cat(parts, dim=-1)
+            sums = qv.sum(0) if sums is None else sums + qv.sum(0)
+            n += qv.shape[0]
+        return (sums / n).cpu().numpy()
+
+    def get_active_latent_dims(
+        self,
+        adata=None,
+        indices=None,
+        method: str = "variance",
+        threshold: float | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Indices of the active joint latent dimensions.
+
+        ``method="variance"`` (any latent prior): active where the mean posterior variance is below
+        ``threshold`` (default 0.5) times the prior variance, see :meth:`latent_variance_ratio`.
+        ``method="precision"`` (``latent_prior="ard"`` only): active where the learned prior precision
+        alpha_k is below ``threshold`` (default 10, i.e. a prior sd above ~0.3).
+        """
+        if method == "variance":
+            ratio = self.latent_variance_ratio(adata, indices, batch_size=batch_size)
+            return np.flatnonzero(ratio < (0.5 if threshold is None else threshold))
+        if method == "precision":
+            if self.module.latent_prior_kind != "ard":
+                raise ValueError(
+                    f"method='precision' needs latent_prior='ard'; this model has {self.module.latent_prior_kind!r}."
+                )
+            alpha = torch.cat([self.module.latent_prior[m].precision() for m in self.module.modality_names])
+            return np.flatnonzero(alpha.detach().cpu().numpy() < (10.0 if threshold is None else threshold))
+        raise ValueError(f"method must be 'variance' or 'precision', got {method!r}.")
 
     def _transformed_codes(self, cat: torch.Tensor, transform_batch) -> list[torch.Tensor]:
         """Copies of the categorical tensor with the nn-conditioning column(s) set to ``transform_batch``.

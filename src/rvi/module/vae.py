@@ -14,11 +14,15 @@ from torch.nn.functional import one_hot
 
 from rvi.nn import Decoder, GaussianEncoder, LibraryEncoder
 from rvi.priors import (
+    LATENT_PRIORS,
     AmbientBackground,
+    ARDLatentPrior,
     FeatureScaling,
     HierarchicalDispersion,
+    HorseshoeLatentPrior,
     LearnedLibrary,
     ModalityScale,
+    decoder_l1,
     decoder_l2,
     normal_kl,
 )
@@ -96,6 +100,17 @@ class RegularizedVAE(BaseModuleClass):
     covariate_columns
         Purpose -> column indices into that tensor: ``ambient``, ``nn_conditioning``,
         ``feature_scaling``, ``encoder`` (lists) and ``dispersion``, ``library_size`` (one or None).
+    latent_prior
+        Prior on every latent slice (model_spec section 3b): ``"normal"`` (Normal(0, I)), ``"ard"``
+        (learned per-dimension precision alpha_k, Gamma(``ard_a0``, ``ard_b0``) hyper-prior, a global
+        term) or ``"horseshoe"`` (non-centred local-global shrinkage, HalfCauchy(1) local scales and a
+        HalfCauchy(``horseshoe_tau0``) global scale).
+    z_l1_weight
+        Local L1 on the posterior mean of z (summed over dimensions, meaned over cells); 0 switches it off.
+    hidden_l1_weight
+        Local L1 on the decoder's last hidden activations (summed over units, meaned over cells); 0 = off.
+    decoder_l1_weight
+        Global L1 on the decoder weight matrices (divided by n_obs, next to ``decoder_l2_weight``); 0 = off.
     """
 
     def __init__(
@@ -117,10 +132,29 @@ class RegularizedVAE(BaseModuleClass):
         learnable_modality_scale: bool = False,
         dispersion_lambda_shape: float = 9.0,
         dispersion_lambda_rate: float = 3.0,
+        latent_prior: str = "normal",
+        ard_a0: float = 1.0,
+        ard_b0: float = 1.0,
+        horseshoe_tau0: float = 1.0,
+        z_l1_weight: float = 0.0,
+        hidden_l1_weight: float = 0.0,
+        decoder_l1_weight: float = 0.0,
     ):
         super().__init__()
         if encoder_input not in ("log_normalized", "log1p"):
             raise ValueError(f"encoder_input must be 'log_normalized' or 'log1p', got {encoder_input!r}.")
+        if latent_prior not in LATENT_PRIORS:
+            raise ValueError(f"latent_prior must be one of {list(LATENT_PRIORS)}, got {latent_prior!r}.")
+        for name, value in (
+            ("z_l1_weight", z_l1_weight),
+            ("hidden_l1_weight", hidden_l1_weight),
+            ("decoder_l1_weight", decoder_l1_weight),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+        self.latent_prior_kind = latent_prior
+        self.z_l1_weight, self.hidden_l1_weight = float(z_l1_weight), float(hidden_l1_weight)
+        self.decoder_l1_weight = float(decoder_l1_weight)
         mods = [m if isinstance(m, ModalityConfig) else ModalityConfig(**m) for m in modalities]
         self.modalities = sorted(mods, key=lambda m: m.name)
         self.modality_names = [m.name for m in self.modalities]
@@ -144,7 +178,12 @@ class RegularizedVAE(BaseModuleClass):
         self.encoders, self.library_encoders, self.decoders = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
         self.dispersion, self.library, self.background, self.scaling = (nn.ModuleDict() for _ in range(4))
         self.modality_scale = nn.ModuleDict()
+        self.latent_prior = nn.ModuleDict()
         for m in self.modalities:
+            if latent_prior == "ard":
+                self.latent_prior[m.name] = ARDLatentPrior(m.n_latent, ard_a0, ard_b0)
+            elif latent_prior == "horseshoe":
+                self.latent_prior[m.name] = HorseshoeLatentPrior(m.n_latent, horseshoe_tau0)
             n_in = m.n_features + n_continuous_cov
             c = float(torch.log(torch.tensor(m.centering_sensitivity)))
             self.encoders[m.name] = GaussianEncoder(
@@ -228,13 +267,21 @@ class RegularizedVAE(BaseModuleClass):
     def inference(self, x: dict[str, torch.Tensor], cat=None, cont=None, n_samples: int = 1, sample: bool = True):
         """Encode every modality: q(z) slices and q(log l). ``sample=False`` gives posterior means."""
         enc_cat = self._one_hot(cat, "encoder")
-        out = {"qz_m": {}, "qz_v": {}, "z_parts": {}, "log_library": {}, "ql_m": {}, "ql_v": {}, "total": {}}
+        out = {"qz_m": {}, "qz_v": {}, "z_parts": {}, "z_mean": {}, "log_library": {}, "ql_m": {}, "ql_v": {}}
+        out["total"] = {}
         for m in self.modalities:
             xm = x[m.name]
             total = xm.sum(-1)
             h = self._encoder_input(xm, total, cont)
             qm, qv = self.encoders[m.name](h, enc_cat)
             z_m = qm + qv.sqrt() * torch.randn_like(qm) if sample else qm
+            z_mean = qm
+            if self.latent_prior_kind == "horseshoe":
+                # non-centred: the encoder's Gaussian is q(u); z = tau * lambda * u
+                prior = self.latent_prior[m.name]
+                z_mean = prior.scale(qm, sample=False) * qm
+                z_m = prior.scale(qm, sample) * z_m
+            out["z_mean"][m.name] = z_mean
             a, b2 = self.library_encoders[m.name](h, enc_cat)
             lib = self.library[m.name]
             l_mean, l_var = lib.posterior(total, a, b2, lib.sample_w(sample))
@@ -247,9 +294,14 @@ class RegularizedVAE(BaseModuleClass):
 
     def decode_rate(self, z: torch.Tensor, cat, cont, modality: str, include_background: bool = True):
         """Library-free rate (rho + s) * y of one modality (the decoder half of mu)."""
+        rate, rho, _ = self._decode(z, cat, cont, modality, include_background)
+        return rate, rho
+
+    def _decode(self, z: torch.Tensor, cat, cont, modality: str, include_background: bool = True):
+        """rate, rho and the decoder's last hidden activations of one modality."""
         n = z.shape[0]
         h = z if cont is None else torch.cat([z, cont], dim=-1)
-        rho = self.decoders[modality](h, self._one_hot(cat, "nn_conditioning"))
+        rho, hidden = self.decoders[modality].forward_with_hidden(h, self._one_hot(cat, "nn_conditioning"))
         rate = rho
         if include_background and modality in self.background:
             rate = rate + self.background[modality](self._cat(cat, "ambient"))
@@ -257,15 +309,17 @@ class RegularizedVAE(BaseModuleClass):
             rate = rate * self.scaling[modality](self._cat(cat, "feature_scaling"), n)
         if modality in self.modality_scale:
             rate = rate * self.modality_scale[modality]()
-        return rate, rho
+        return rate, rho, hidden
 
     @auto_move_data
     def generative(self, z, log_library, cat=None, cont=None, sample_theta: bool | None = None):
         sample_theta = self.training if sample_theta is None else sample_theta
         disp_group = self._single(cat, "dispersion")
-        out = {"mu": {}, "rho": {}, "log_theta": {}}
+        out = {"mu": {}, "rho": {}, "log_theta": {}, "decoder_hidden": {}}
         for m in self.modalities:
-            rate, rho = self.decode_rate(z, cat, cont, m.name)
+            rate, rho, hidden = self._decode(z, cat, cont, m.name)
+            if self.hidden_l1_weight:
+                out["decoder_hidden"][m.name] = hidden
             out["mu"][m.name] = torch.exp(log_library[m.name])[:, None] * rate
             out["rho"][m.name] = rho
             out["log_theta"][m.name] = self.dispersion[m.name].log_theta(disp_group, z.shape[0], sample_theta)
@@ -280,6 +334,12 @@ class RegularizedVAE(BaseModuleClass):
             terms[f"{m}_library_kl_w"] = self.library[m].kl_w()
             if self.decoder_l2_weight:
                 terms[f"{m}_decoder_l2"] = decoder_l2(self.decoders[m].weight_matrices(), self.decoder_l2_weight)
+            if self.decoder_l1_weight:
+                terms[f"{m}_decoder_l1"] = decoder_l1(self.decoders[m].weight_matrices(), self.decoder_l1_weight)
+            if self.latent_prior_kind == "ard":
+                terms[f"{m}_ard_prior"] = self.latent_prior[m].penalty()
+            elif self.latent_prior_kind == "horseshoe":
+                terms[f"{m}_horseshoe_tau_kl"] = self.latent_prior[m].penalty()
             if m in self.background:
                 terms[f"{m}_background_prior"] = self.background[m].penalty()
             if m in self.scaling:
@@ -341,20 +401,34 @@ class RegularizedVAE(BaseModuleClass):
         kl_z = torch.zeros_like(recon)
         for m in self.modality_names:
             qm, qv = inference_outputs["qz_m"][m], inference_outputs["qz_v"][m]
-            kl_z_m = 0.5 * (qv + qm**2 - 1.0 - torch.log(qv)).sum(-1)  # KL(q(z) || N(0, I))
+            if m in self.latent_prior:  # ARD: per-dimension prior; horseshoe: KL of u and of lambda
+                kl_z_m = self.latent_prior[m].kl(qm, qv)
+            else:
+                kl_z_m = 0.5 * (qv + qm**2 - 1.0 - torch.log(qv)).sum(-1)  # KL(q(z) || N(0, I))
             metrics[f"{m}_kl_z"] = kl_z_m.mean().detach()
             kl_z = kl_z + kl_z_m
+        # Local sparsity penalties: summed over dimensions / hidden units, meaned over the minibatch below.
+        sparsity = torch.zeros_like(recon)
+        for m in self.modality_names:
+            if self.z_l1_weight:
+                z_l1 = self.z_l1_weight * inference_outputs["z_mean"][m].abs().sum(-1)
+                metrics[f"{m}_z_l1"] = z_l1.mean().detach()
+                sparsity = sparsity + z_l1
+            if self.hidden_l1_weight:
+                h_l1 = self.hidden_l1_weight * generative_outputs["decoder_hidden"][m].abs().sum(-1)
+                metrics[f"{m}_hidden_l1"] = h_l1.mean().detach()
+                sparsity = sparsity + h_l1
 
         penalties = self.global_penalties()
         global_sum = sum(v for k, v in penalties.items() if self._in_loss(k))
-        loss = torch.mean(recon + kl_weight * kl_z + kl_lib) + global_sum / n_obs
+        loss = torch.mean(recon + kl_weight * kl_z + kl_lib + sparsity) + global_sum / n_obs
         for k, v in penalties.items():
             metrics[k] = v.detach()
         metrics["global_penalty_scaled"] = (global_sum / n_obs).detach()
         return LossOutput(
             loss=loss,
             reconstruction_loss=recon,
-            kl_local={"kl_z": kl_z, "kl_library": kl_lib},
+            kl_local={"kl_z": kl_z, "kl_library": kl_lib, "sparsity": sparsity},
             kl_global=global_sum,
             extra_metrics=metrics,
         )
@@ -374,7 +448,7 @@ class RegularizedVAE(BaseModuleClass):
     def modality_parameters(self, modality: str) -> list[nn.Parameter]:
         """Parameters that belong to one modality (for per-modality learning rates)."""
         owners = (self.encoders, self.library_encoders, self.decoders, self.dispersion, self.library)
-        owners += (self.background, self.scaling, self.modality_scale)
+        owners += (self.background, self.scaling, self.modality_scale, self.latent_prior)
         return [p for owner in owners if modality in owner for p in owner[modality].parameters()]
 
     def config_dicts(self) -> list[dict]:

@@ -141,7 +141,12 @@ class Decoder(nn.Module):
         self.register_buffer("output_scale", torch.tensor(float(output_scale)))
 
     def forward(self, z: torch.Tensor, cat: torch.Tensor | None = None) -> torch.Tensor:
-        return nn.functional.softplus(self.out(self.body(z, cat))) * self.output_scale
+        return self.forward_with_hidden(z, cat)[0]
+
+    def forward_with_hidden(self, z: torch.Tensor, cat: torch.Tensor | None = None):
+        """rho and the last hidden activations h (for the hidden-activation sparsity penalty)."""
+        h = self.body(z, cat)
+        return nn.functional.softplus(self.out(h)) * self.output_scale, h
 
     def init_output_bias(self, mean_rate: torch.Tensor) -> None:
         """Start rho at the per-feature mean normalised rate (inverse softplus), so early epochs fit biology."""
