@@ -70,14 +70,16 @@ def atac_lsi(atac, width: int, seed: int) -> np.ndarray:
     return lsi / np.maximum(lsi.std(axis=0), 1e-8)
 
 
-def train_embeddings(mdata, model: str, width: int, epochs: int, seed: int, atac_latent: int) -> dict[str, np.ndarray]:
+def train_embeddings(
+    mdata, model: str, width: int, epochs: int, seed: int, atac_latent: int, batch_size: int = 128
+) -> dict[str, np.ndarray]:
     import scvi
 
     from rvi import AmbientRegularizedSCVI, RegularizedMultimodalVI
     from rvi.metrics import pca_baseline
 
     scvi.settings.seed = seed
-    fit = {"max_epochs": epochs, "batch_size": 128, "enable_progress_bar": False}
+    fit = {"max_epochs": epochs, "batch_size": batch_size, "enable_progress_bar": False}
     if model == "rna_pca":
         return {model: pca_baseline(mdata["rna"], n_comps=width, random_state=seed)}
     if model == "atac_lsi":
@@ -154,6 +156,7 @@ def main(argv=None) -> None:
     parser.add_argument("--width", type=int, default=20, help="latent width of every deep model")
     parser.add_argument("--atac-latent", type=int, default=8, help="rvi multimodal: dims of the ATAC slice")
     parser.add_argument("--n-peaks", type=int, default=5000)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/multimodal_quality.csv"))
@@ -170,12 +173,15 @@ def main(argv=None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out.exists():
         args.out.unlink()
-    settings = f"epochs={args.epochs} width={args.width} atac_latent={args.atac_latent} n_peaks={args.n_peaks}"
+    settings = (
+        f"epochs={args.epochs} batch_size={args.batch_size} width={args.width} "
+        f"atac_latent={args.atac_latent} n_peaks={args.n_peaks}"
+    )
     for seed in args.seeds:
         embeddings, seconds = {}, {}
         for model in args.models:
             t0 = time.perf_counter()
-            got = train_embeddings(mdata, model, args.width, args.epochs, seed, args.atac_latent)
+            got = train_embeddings(mdata, model, args.width, args.epochs, seed, args.atac_latent, args.batch_size)
             for name in got:
                 seconds[name] = time.perf_counter() - t0
             embeddings |= got
