@@ -82,9 +82,8 @@ class RegularizedMultimodalVI(RVIModelBase):
     feature_scaling_modalities
         Modalities with the feature-scaling factor (default: every modality, as AmbientRegularizedSCVI's
         ``feature_scaling=True``). With ``feature_scaling_covariate_keys`` registered, a modality left out
-        keeps those covariates' per-feature effects (e.g. a dataset's gene scaling) unmodelled, and they
-        end up in the latent: on the demo the joint latent then separated the datasets (batch mixing by
-        dataset 0.003 vs 0.69 for the RNA model).
+        keeps those covariates' per-feature effects (e.g. a dataset's gene scaling) unmodelled, so they
+        can only be explained through the latent.
     learnable_modality_scale
         Learn softplus(r_m)/0.7 per modality with a Gamma prior centred at 1.
     **module_kwargs
