@@ -856,6 +856,8 @@ def write_demo_dataset(
         outdir/cre_truth.csv       region, cell_type (tree node owning the region program), level
                                    (1 lineage, 2 type, 3 subtype), is_promoter, gene
         outdir/ambient_profiles.csv  true ambient profile per library (rows: library, columns: genes)
+        outdir/subtype_pairs.csv   kind (chromatin_only / rna_only), type_a, type_b: the sibling subtypes
+                                   that differ only in accessibility / only in RNA
         outdir/<sample>/filtered_feature_bc_matrix.h5   Gene Expression + Peaks (CellRanger-ARC HDF5)
         outdir/<sample>/atac_fragments.tsv.gz(.tbi)     bgzip + tabix; each Peaks count is one fragment
                                                         inside its peak, plus background fragments
@@ -986,6 +988,14 @@ def write_demo_dataset(
         cre.index.name = "region"
         cre.to_csv(tmp / "cre_truth.csv")
         rna.uns["simulation"]["ambient_profiles"].to_csv(tmp / "ambient_profiles.csv", index_label="library")
+        sim = mdata.uns["simulation"]
+        pair_rows = [
+            sim["atac_only_pairs"].assign(kind="chromatin_only"),
+            sim["rna_only_pairs"].assign(kind="rna_only"),
+        ]
+        pd.concat(pair_rows, ignore_index=True)[["kind", "type_a", "type_b"]].to_csv(
+            tmp / "subtype_pairs.csv", index=False
+        )
     return sheet
 
 

@@ -96,7 +96,7 @@ _SHARED_SECTIONS = {
     "select_cres": ("labels",),
     "train_multimodal": ("covariates", "labels"),
     "integrated_output": (),
-    "ground_truth_report": ("labels", "select_cres"),
+    "ground_truth_report": ("labels", "select_cres", "covariates"),
 }
 #: Stages whose own config section has another name.
 _OWN_SECTION = {"ground_truth_report": "ground_truth"}

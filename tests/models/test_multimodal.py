@@ -47,7 +47,9 @@ def test_joint_latent_layout_and_defaults():
     model = _model()
     assert model.module.modality_names == ["atac", "rna"]
     assert "rna" in model.module.background and "atac" not in model.module.background
-    assert "atac" in model.module.scaling and "rna" not in model.module.scaling
+    # Feature scaling on every modality by default (as the RNA model), so dataset keys act on RNA and ATAC.
+    assert set(model.module.scaling) == {"atac", "rna"}
+    assert set(_model(feature_scaling_modalities=["atac"]).module.scaling) == {"atac"}
     model.train(max_epochs=1, batch_size=60)
     z = model.get_latent_representation()
     parts = model.get_modality_latents()

@@ -95,7 +95,7 @@ def test_shared_sections_are_part_of_the_readers_params():
     cfg = study("demo")
     assert set(stage_params(cfg, "train_rna")) == {"train_rna", "covariates", "labels"}
     assert set(stage_params(cfg, "merge_rna")) == {"merge_rna", "covariates"}
-    assert set(stage_params(cfg, "ground_truth_report")) == {"ground_truth", "labels", "select_cres"}
+    assert set(stage_params(cfg, "ground_truth_report")) == {"ground_truth", "labels", "select_cres", "covariates"}
 
 
 def test_params_do_not_depend_on_yaml_key_order():

@@ -184,8 +184,9 @@ NOTEBOOK_INPUTS = {
     },
     "select_cres": {"cres": out("cres.csv"), "heatmap": out("cre_heatmap.png")},
     "train_multimodal": {
-        **{k: MULTIMODAL_MODEL[k] for k in ("umap", "leiden", "metrics", "attribution", "history")},
+        **{k: MULTIMODAL_MODEL[k] for k in ("umap", "leiden", "metrics", "attribution", "history", "modality_latents")},
         "annotation": out("annotation.csv"),
+        "rna_latent": RNA_MODEL["latent"],
     },
     "ground_truth_report": {"report": out("ground_truth_report.csv")},
 }
@@ -229,6 +230,13 @@ def ground_truth_inputs(wildcards):
         }
     if gt["cres"]:
         inputs |= {"cre_truth": gt["cres"], "cres": out("cres.csv")}
+    if gt["pairs"] and gt["cells"] and ATAC:
+        inputs |= {
+            "pairs": gt["pairs"],
+            "rna_latent": RNA_MODEL["latent"],
+            "multimodal_latent": MULTIMODAL_MODEL["latent"],
+            "attribution": MULTIMODAL_MODEL["attribution"],
+        }
     return inputs
 
 

@@ -9,6 +9,7 @@ if DEMO:
             cre_truth=f"{DEMO_DIR}/cre_truth.csv",
             chrom_sizes=f"{DEMO_DIR}/chrom_sizes.tsv",
             gene_annotation=f"{DEMO_DIR}/genes.gtf",
+            pairs=f"{DEMO_DIR}/subtype_pairs.csv",
         log:
             log_path("demo_data"),
         benchmark:

@@ -80,7 +80,10 @@ class RegularizedMultimodalVI(RVIModelBase):
     additive_background_modalities
         Modalities with the ambient background term (default ["rna"]).
     feature_scaling_modalities
-        Modalities with the feature-scaling factor (default ["atac"]).
+        Modalities with the feature-scaling factor (default: every modality, as AmbientRegularizedSCVI's
+        ``feature_scaling=True``). With ``feature_scaling_covariate_keys`` registered, a modality left out
+        keeps those covariates' per-feature effects (e.g. a dataset's gene scaling) unmodelled, so they
+        can only be explained through the latent.
     learnable_modality_scale
         Learn softplus(r_m)/0.7 per modality with a Gamma prior centred at 1.
     **module_kwargs
@@ -96,7 +99,7 @@ class RegularizedMultimodalVI(RVIModelBase):
         dropout_rate: float = 0.1,
         centering_sensitivity: float | dict = 1.0,
         additive_background_modalities: list[str] | None = ("rna",),
-        feature_scaling_modalities: list[str] | None = ("atac",),
+        feature_scaling_modalities: list[str] | None = None,
         dispersion_init: str = "prior",
         ambient_init: str = "data",
         **module_kwargs,
@@ -111,6 +114,8 @@ class RegularizedMultimodalVI(RVIModelBase):
         }
         defaults = {"n_hidden": 512, "n_latent": 64, "n_layers": 1, "centering_sensitivity": 1.0}
         background = _modality_list("additive_background_modalities", additive_background_modalities, names)
+        if feature_scaling_modalities is None:
+            feature_scaling_modalities = names
         scaling = _modality_list("feature_scaling_modalities", feature_scaling_modalities, names)
         specs = []
         for m in names:

@@ -42,15 +42,34 @@ def ground_truth_report(
     rna: str | None = None,
     cre_truth: str | None = None,
     cres: str | None = None,
+    pairs: str | None = None,
+    rna_latent: str | None = None,
+    multimodal_latent: str | None = None,
+    attribution: str | None = None,
     threads: int = 1,
 ) -> None:
-    """Score a simulated run: Scrublet AUROC, annotation accuracy on unlabelled libraries, CRE precision."""
+    """Score a simulated run: Scrublet AUROC, annotation accuracy on unlabelled libraries, CRE precision and,
+    with the multimodal model's outputs, its batch mixing beside the RNA model's and what it adds on the
+    chromatin-only subtype pairs (``pairs``: the demo's subtype_pairs.csv)."""
     rows = []
     levels = list(cfg["labels"]["levels"])
+    pair_table = pd.read_csv(pairs) if pairs else None
     if truth:
         gt = pd.read_csv(truth, index_col=0)
+        obs = read_obs(rna)
         rows += doublet_rows(gt, pd.read_csv(scrublet, index_col=0))
-        rows += annotation_rows(gt, pd.read_csv(annotation, index_col=0), read_obs(rna), levels)
+        rows += annotation_rows(gt, pd.read_csv(annotation, index_col=0), obs, levels, _pair_types(pair_table))
+        if rna_latent and multimodal_latent:
+            rows += multimodal_rows(
+                gt,
+                obs,
+                pd.read_parquet(rna_latent),
+                pd.read_parquet(multimodal_latent),
+                pd.read_parquet(attribution) if attribution else None,
+                pair_table,
+                cfg["covariates"],
+                threads,
+            )
         if cre_truth:
             groups, _ = annotation_groups(pd.read_csv(annotation, index_col=0), levels, cfg["select_cres"]["level"])
             parents = _truth_parents(gt)
@@ -82,14 +101,31 @@ def doublet_rows(gt: pd.DataFrame, scores: pd.DataFrame) -> list[dict]:
     ]
 
 
-def annotation_rows(gt: pd.DataFrame, ann: pd.DataFrame, obs: pd.DataFrame, levels: Sequence[str]) -> list[dict]:
-    """Accuracy on libraries without any partial label, per level; the finest labelled level is the check."""
+def _pair_types(pairs: pd.DataFrame | None, kind: str = "chromatin_only") -> set[str]:
+    if pairs is None:
+        return set()
+    sel = pairs.loc[pairs["kind"].astype(str) == kind]
+    return set(sel["type_a"].astype(str)) | set(sel["type_b"].astype(str))
+
+
+def annotation_rows(
+    gt: pd.DataFrame,
+    ann: pd.DataFrame,
+    obs: pd.DataFrame,
+    levels: Sequence[str],
+    excluded_types: set[str] = frozenset(),
+) -> list[dict]:
+    """Accuracy on libraries without any partial label, per level; the finest labelled level is the check.
+
+    ``excluded_types`` (the chromatin-only subtypes, which the RNA-based annotation cannot tell apart by
+    design) are left out of these rows; :func:`multimodal_rows` scores them from the joint latent."""
     obs = obs.reindex(ann.index)
     labelled_libs = set(obs.loc[obs[levels].notna().any(axis=1), "library"].astype(str)) if levels else set()
     unlabelled = ~obs["library"].astype(str).isin(labelled_libs)
     singlet = ~gt["is_doublet"].reindex(ann.index).fillna(False).astype(bool)
-    cells = ann.index[unlabelled.to_numpy() & singlet.to_numpy()]
-    rows = []
+    kept = ~gt["cell_type"].reindex(ann.index).astype(str).isin(set(excluded_types))
+    cells = ann.index[unlabelled.to_numpy() & singlet.to_numpy() & kept.to_numpy()]
+    rows = _excluded_pair_rows(gt, ann, ann.index[unlabelled.to_numpy() & singlet.to_numpy()], levels, excluded_types)
     finest = [lv for lv in levels if obs[lv].notna().any()][-1:] if levels else []
     truth_cols = {lv: f"cell_type_l{i + 1}" if f"cell_type_l{i + 1}" in gt else lv for i, lv in enumerate(levels)}
     for level in levels:
@@ -105,7 +141,8 @@ def annotation_rows(gt: pd.DataFrame, ann: pd.DataFrame, obs: pd.DataFrame, leve
                 "passed": (acc >= 0.9) if is_check else np.nan,
                 "n": len(cells),
                 "detail": f"unlabelled libraries {sorted(set(obs.loc[cells, 'library'].astype(str)))}; "
-                f"{int(pred.isna().sum())} cells without a label at this level",
+                f"{int(pred.isna().sum())} cells without a label at this level"
+                + (f"; chromatin-only subtypes {sorted(excluded_types)} scored apart" if excluded_types else ""),
             }
         )
     if levels and len(cells):
@@ -121,6 +158,123 @@ def annotation_rows(gt: pd.DataFrame, ann: pd.DataFrame, obs: pd.DataFrame, leve
                 "n": len(cells),
                 "detail": "label at each cell's annotation_level vs truth; "
                 + ", ".join(f"{k}: {v}" for k, v in used.fillna("none").value_counts().items()),
+            }
+        )
+    return rows
+
+
+def _excluded_pair_rows(gt, ann, cells, levels, excluded_types) -> list[dict]:
+    """Finest-level accuracy of the (RNA-based) annotation on the chromatin-only subtypes, for reference."""
+    if not excluded_types or not levels:
+        return []
+    level = levels[-1]
+    col = f"cell_type_l{len(levels)}" if f"cell_type_l{len(levels)}" in gt else level
+    true = gt.loc[cells, col].astype(str)
+    sel = true.isin(excluded_types).to_numpy()
+    pred = ann.loc[cells[sel], level].astype(str)
+    acc = float((pred == true[sel]).mean()) if sel.any() else float("nan")
+    return [
+        {
+            "check": f"annotation_accuracy_{level}_chromatin_only_subtypes",
+            "value": acc,
+            "threshold": np.nan,
+            "passed": np.nan,
+            "n": int(sel.sum()),
+            "detail": "annotation transfers labels on the RNA latent: these subtypes share one RNA profile",
+        }
+    ]
+
+
+def _knn_pair_accuracy(latent: np.ndarray, labels: np.ndarray, k: int = 15, seed: int = 0) -> float:
+    """5-fold cross-validated kNN accuracy of telling two subtypes apart (chance 0.5 for balanced pairs)."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    return float(cross_val_score(KNeighborsClassifier(k), latent, labels, cv=folds).mean())
+
+
+def atac_share(attribution: pd.DataFrame) -> pd.Series:
+    """Per cell: the ATAC block's share of the decoder-balanced Jacobian energy, frob_atac^2 / sum_b frob_b^2."""
+    blocks = [c for c in attribution.columns if c.startswith("frob_") and "_decoder_" not in c]
+    if "frob_atac" not in blocks:
+        raise KeyError(f"attribution has no frob_atac column (blocks: {blocks})")
+    energy = attribution[blocks].astype(float) ** 2
+    return energy["frob_atac"] / energy.sum(axis=1)
+
+
+def multimodal_rows(
+    gt: pd.DataFrame,
+    obs: pd.DataFrame,
+    rna_latent: pd.DataFrame,
+    multimodal_latent: pd.DataFrame,
+    attribution: pd.DataFrame | None,
+    pairs: pd.DataFrame | None,
+    covariates: Mapping,
+    threads: int = 1,
+) -> list[dict]:
+    """The multimodal latent beside the RNA model's on the same cells: batch mixing by library and dataset
+    (check: multimodal >= RNA), kNN accuracy within each chromatin-only subtype pair (check: joint >= 0.9)
+    and the ATAC share of the attribution on those cells vs the RNA-only pairs' cells."""
+    from rvi.metrics import batch_mixing_score
+
+    cells = multimodal_latent.index.intersection(rna_latent.index)
+    z_mm = multimodal_latent.loc[cells].to_numpy(dtype=np.float32)
+    z_rna = rna_latent.loc[cells].to_numpy(dtype=np.float32)
+    meta = obs.reindex(cells)
+    rows = []
+    for key in dict.fromkeys([covariates["library_key"], covariates["dataset_key"]]):
+        if not key or key not in meta:
+            continue
+        batch = meta[key].astype(str).to_numpy()
+        mm, rn = (batch_mixing_score(z, batch, n_jobs=threads) for z in (z_mm, z_rna))
+        rows.append(
+            {
+                "check": f"multimodal_batch_mixing_{key}",
+                "value": mm,
+                "threshold": rn,
+                "passed": mm >= rn - 0.02,
+                "n": len(cells),
+                "detail": f"RNA model {rn:.3f} on the same cells (threshold; passes within 0.02)",
+            }
+        )
+    if pairs is None:
+        return rows
+    singlet = ~gt["is_doublet"].reindex(cells).fillna(False).astype(bool).to_numpy()
+    types = gt["cell_type"].reindex(cells).astype(str).to_numpy()
+    share = atac_share(attribution).reindex(cells).to_numpy() if attribution is not None else None
+    shares = {}
+    for kind in ("chromatin_only", "rna_only"):
+        sel_pairs = pairs.loc[pairs["kind"].astype(str) == kind]
+        for a, b in zip(sel_pairs["type_a"].astype(str), sel_pairs["type_b"].astype(str)):
+            sel = singlet & np.isin(types, [a, b])
+            if share is not None:
+                shares.setdefault(kind, []).append(share[sel])
+            if kind != "chromatin_only" or len(np.unique(types[sel])) < 2:
+                continue
+            joint, rna_only = (_knn_pair_accuracy(z[sel], types[sel]) for z in (z_mm, z_rna))
+            rows.append(
+                {
+                    "check": f"chromatin_only_pair_accuracy_{a}_{b}",
+                    "value": joint,
+                    "threshold": 0.9,
+                    "passed": joint >= 0.9,
+                    "n": int(sel.sum()),
+                    "detail": f"5-fold kNN (k=15) on the joint latent; RNA model's latent {rna_only:.3f} (chance 0.5)",
+                }
+            )
+    if share is not None and "chromatin_only" in shares:
+        chrom = float(np.median(np.concatenate(shares["chromatin_only"])))
+        other = np.concatenate(shares["rna_only"]) if "rna_only" in shares else np.array([])
+        ref = float(np.median(other)) if other.size else float("nan")
+        rows.append(
+            {
+                "check": "chromatin_only_atac_share",
+                "value": chrom,
+                "threshold": ref,
+                "passed": bool(chrom > ref) if other.size else np.nan,
+                "n": int(sum(len(x) for x in shares["chromatin_only"])),
+                "detail": f"median ATAC share of the attribution; RNA-only pairs' cells {ref:.3f} (threshold)",
             }
         )
     return rows
