@@ -47,9 +47,14 @@ def test_joint_latent_layout_and_defaults():
     model = _model()
     assert model.module.modality_names == ["atac", "rna"]
     assert "rna" in model.module.background and "atac" not in model.module.background
-    # Feature scaling on every modality by default (as the RNA model), so dataset keys act on RNA and ATAC.
-    assert set(model.module.scaling) == {"atac", "rna"}
-    assert set(_model(feature_scaling_modalities=["atac"]).module.scaling) == {"atac"}
+    # Without scaling keys only ATAC keeps its (1, F) factor; with them every modality is scaled by them.
+    assert set(model.module.scaling) == {"atac"}
+    keyed = make_mudata()
+    RegularizedMultimodalVI.setup_mudata(
+        keyed, modalities=["rna", "atac"], library_key="lib", feature_scaling_covariate_keys=["lib"]
+    )
+    assert set(RegularizedMultimodalVI(keyed, n_hidden=16, n_latent=4).module.scaling) == {"atac", "rna"}
+    assert set(_model(feature_scaling_modalities=["atac", "rna"]).module.scaling) == {"atac", "rna"}
     model.train(max_epochs=1, batch_size=60)
     z = model.get_latent_representation()
     parts = model.get_modality_latents()

@@ -80,8 +80,8 @@ class RegularizedMultimodalVI(RVIModelBase):
     additive_background_modalities
         Modalities with the ambient background term (default ["rna"]).
     feature_scaling_modalities
-        Modalities with the feature-scaling factor (default: every modality, as AmbientRegularizedSCVI's
-        ``feature_scaling=True``). With ``feature_scaling_covariate_keys`` registered, a modality left out
+        Modalities with the feature-scaling factor (default: every modality when
+        ``feature_scaling_covariate_keys`` are registered, else ATAC alone). A modality left out
         keeps those covariates' per-feature effects (e.g. a dataset's gene scaling) unmodelled, so they
         can only be explained through the latent.
     learnable_modality_scale
@@ -115,7 +115,10 @@ class RegularizedMultimodalVI(RVIModelBase):
         defaults = {"n_hidden": 512, "n_latent": 64, "n_layers": 1, "centering_sensitivity": 1.0}
         background = _modality_list("additive_background_modalities", additive_background_modalities, names)
         if feature_scaling_modalities is None:
-            feature_scaling_modalities = names
+            # With scaling keys (e.g. the dataset) every modality gets their per-feature factors; without,
+            # only ATAC keeps its (1, F) fallback (for RNA it would only duplicate the decoder's bias).
+            keyed = bool(self.covariate_spec.feature_scaling_covariate_keys)
+            feature_scaling_modalities = names if keyed else [n for n in names if n == "atac"]
         scaling = _modality_list("feature_scaling_modalities", feature_scaling_modalities, names)
         specs = []
         for m in names:
