@@ -1,7 +1,7 @@
 """Interrupted training jobs: SIGINT / SIGTERM stop train_rna within seconds, leave no process and no
 finished-looking output, and `--rerun-incomplete` resumes from the checkpoint of the last finished epoch.
 
-The tiny config (RNA only, 30 epochs so the job is still training when the signal comes) runs the
+The tiny config (RNA only, 150 epochs so the job is still training when the signal comes) runs the
 upstream jobs once; each test then starts `snakemake` in a session of its own, as a terminal or a
 batch scheduler would, and signals the whole process group (Ctrl-C; `bkill` / `scancel` send SIGTERM
 to every process of the job).
@@ -24,7 +24,7 @@ import yaml
 from tests.workflow import REPO, SNAKEFILE
 
 TARGET = "results/tiny/rna_model/latent.parquet"
-EPOCHS = 30
+EPOCHS = 150  # enough that a quiet machine is still training when the signal is sent
 
 
 def _command(workdir: Path, *args: str) -> list[str]:
