@@ -10,18 +10,7 @@ import scipy.sparse as sp
 
 from rvi.io import load_sample, read_10x_h5, read_h5ad_counts, read_sample_sheet, write_10x_h5
 from rvi.simulate import simulate_rna
-
-
-def _features(adata):
-    return pd.DataFrame(
-        {
-            "id": adata.var["gene_ids"],
-            "name": adata.var_names,
-            "feature_type": "Gene Expression",
-            "genome": "sim1",
-            "interval": "chr1:1-2",
-        }
-    )
+from tests.test_io import _features
 
 
 @pytest.fixture
