@@ -50,7 +50,6 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("snakemake_e2e")
 def test_all_outputs(tiny_run):
     workdir, _ = tiny_run
     out = workdir / "results" / "tiny"
@@ -101,7 +100,6 @@ def test_all_outputs(tiny_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("snakemake_e2e")
 def test_notebooks_executed_on_this_interpreter(tiny_run):
     workdir, _ = tiny_run
     folder = workdir / "results" / "tiny" / "notebooks"
@@ -125,7 +123,6 @@ def test_notebooks_executed_on_this_interpreter(tiny_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("snakemake_e2e")
 def test_training_logs_are_quiet_and_single(tiny_run):
     workdir, _ = tiny_run
     for stage in ("train_rna", "train_multimodal"):
@@ -135,7 +132,6 @@ def test_training_logs_are_quiet_and_single(tiny_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("snakemake_e2e")
 def test_integrated_files_open_in_scanpy_and_mudata(tiny_run):
     import anndata as ad
     import mudata as md
@@ -159,7 +155,6 @@ def test_integrated_files_open_in_scanpy_and_mudata(tiny_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("snakemake_e2e")
 def test_train_rna_param_change_reruns_only_downstream(tiny_run):
     workdir, config = tiny_run
     assert job_counts(snakemake(workdir, config, "-n").stdout) == {}
@@ -194,7 +189,6 @@ def tiny_sweep(tiny_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("snakemake_e2e")
 def test_sweep_runs_each_experiment_and_collects_one_row_each(tiny_sweep):
     workdir, config, proc = tiny_sweep
     # Only the sweep's jobs ran: the main pipeline's outputs were reused.
@@ -242,7 +236,6 @@ def test_sweep_runs_each_experiment_and_collects_one_row_each(tiny_sweep):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("snakemake_e2e")
 def test_editing_one_experiment_reruns_only_that_experiment(tiny_sweep):
     workdir, config, _ = tiny_sweep
     assert job_counts(snakemake(workdir, config, "-n", "sweep").stdout) == {}
