@@ -25,10 +25,11 @@ DUMMY_ENTRY = """
             "additionalProperties": False,
             "properties": {"factor": {"type": "integer", "minimum": 1, "default": 2}},
         },
-        outputs={"table": "dummy/table.csv"},
+        outputs={"table": "dummy/{part}.csv"},
         target="extra",
+        extra_targets=lambda cfg: [f"dummy/{part}.csv" for part in ("a", "b")],
         notebook="dummy",
-        notebook_inputs={"table": "dummy/table.csv"},
+        notebook_inputs={"table": "dummy/a.csv"},
     ),
 """
 
@@ -52,9 +53,9 @@ rule dummy:
     output:
         **OUTPUTS["dummy"],
     log:
-        log_path("dummy"),
+        log_path("dummy/{part}"),
     benchmark:
-        bench_path("dummy")
+        bench_path("dummy/{part}")
     params:
         cfg=params_of("dummy"),
     threads: threads_of("dummy")
@@ -133,9 +134,9 @@ def test_a_stage_added_through_the_registry_is_validated_resourced_and_targeted(
         dry = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
         assert dry.returncode == 0, dry.stderr[-3000:]
         jobs = job_counts(dry.stdout)
-        assert jobs.get("dummy") == 1, (target, jobs)
+        assert jobs.get("dummy") == 2, (target, jobs)  # one per extra target of its wildcard output
         assert "results/demo/notebooks/dummy.ipynb" in dry.stdout
-        assert "results/demo/dummy/table.csv" in dry.stdout
+        assert "results/demo/dummy/a.csv" in dry.stdout and "results/demo/dummy/b.csv" in dry.stdout
 
 
 def test_registry_is_what_the_schema_and_resources_list():

@@ -119,7 +119,7 @@ FILES = {s.name: {k: out(o.path.rstrip("/")) for k, o in s.outputs.items()} for 
 RNA_MODEL = FILES["train_rna"]
 MULTIMODAL_MODEL = FILES["train_multimodal"]
 
-# `snakemake <group>` targets: the wildcard-free outputs and the notebook of every stage the study runs.
+# `snakemake <group>` targets: the wildcard-free outputs, extra targets and notebook of every stage the study runs.
 TARGETS = {}
 for _stage in REGISTRY:
     if _stage.target is None:
@@ -127,6 +127,7 @@ for _stage in REGISTRY:
     _files = TARGETS.setdefault(_stage.target, [])
     if stage_active(_stage, CFG):
         _files += [out(o.path.rstrip("/")) for o in stage_outputs(_stage.name, CFG).values() if not o.has_wildcards]
+        _files += [out(path) for path in (_stage.extra_targets(CFG) if _stage.extra_targets else [])]
         _files += [notebook(_stage.notebook)] if _stage.notebook else []
 # Every group (`rule all`); the sweep group below is run on request only.
 ALL_TARGETS = [path for files in TARGETS.values() for path in files]

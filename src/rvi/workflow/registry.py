@@ -18,7 +18,7 @@ imports the workflow back).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -93,8 +93,11 @@ class Stage:
         Rule output name -> :class:`Output` (or a plain path), relative to ``results/{study}/``. The rule
         declares ``output: **OUTPUTS[name]``; ``{}``: the rule declares its own (demo data, notebooks).
     target
-        The ``TARGETS`` group (``snakemake <group>``) that collects its wildcard-free outputs and its
-        notebook; ``None``: none.
+        The ``TARGETS`` group (``snakemake <group>``) that collects its wildcard-free outputs, its
+        ``extra_targets`` and its notebook; ``None``: none.
+    extra_targets
+        ``cfg -> [paths under results/{study}/]`` added to its target group: the files of outputs with
+        wildcards that a study wants (e.g. one per method named in the config). None: none.
     notebook
         Name of its notebook (``notebooks/<name>.ipynb``, rendered to ``results/{study}/notebooks/``).
     notebook_inputs
@@ -119,6 +122,7 @@ class Stage:
     model: str | None = None
     outputs: Mapping[str, Output] = field(default_factory=dict)
     target: str | None = None
+    extra_targets: Callable[[Mapping], Sequence[str]] | None = None
     notebook: str | None = None
     notebook_inputs: Mapping[str, str] = field(default_factory=dict)
     notebook_params: Callable[[Mapping], dict] | None = None
