@@ -99,7 +99,7 @@ def test_bad_experiment_names_and_stages():
     raw["sweeps"]["stage"] = "train_multimodal"
     raw["modalities"] = ["rna"]
     raw["ground_truth"]["cres"] = None
-    raw["train_rna"]["cell_qc"]["default"].pop("min_fragments", None)
+    raw["cell_qc"]["default"].pop("min_fragments", None)
     assert "'sweeps.stage' = 'train_multimodal' but modalities has no 'atac'" in errors(raw)
 
 

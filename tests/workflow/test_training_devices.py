@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from rvi import distributed
-from rvi.stages.models import _build_and_train, _train_kwargs
+from rvi.stages.training import _build_and_train, _train_kwargs
 from rvi.workflow import ConfigError, load_config, training_problems, validate_config
 from tests.workflow.test_config import REPO
 
@@ -176,7 +176,7 @@ def test_a_failing_rank_stops_the_job_with_its_log(tmp_path):
         "umap_png",
     ]
     outputs = {name: str(tmp_path / "out" / name) for name in names}
-    inputs = {"rna": str(tmp_path / "missing.h5ad"), "scrublet": str(tmp_path / "missing.csv")}
+    inputs = {"rna": str(tmp_path / "missing.h5ad"), "cell_qc": str(tmp_path / "missing.csv")}
     kwargs = {"cfg": {"covariates": cfg["covariates"], "labels": cfg["labels"], "train_rna": cfg["train_rna"]}}
     kwargs |= inputs | outputs
     script = f"""

@@ -156,8 +156,8 @@ def atac_reference_inputs(wildcards):
     return existing_inputs(CFG, refs)
 
 
-def train_rna_qc_inputs(wildcards):
-    # Fragment thresholds need the ATAC per-cell QC; RNA-only studies train without it.
+def cell_qc_inputs(wildcards):
+    # Fragment thresholds need the ATAC per-cell QC; RNA-only studies do without it.
     return {"atac_qc": out("atac_qc.csv")} if ATAC else {}
 
 

@@ -1,11 +1,30 @@
-# Models and what is built on their latent spaces: RNA model, annotation, CREs, multimodal model.
+# Cell QC, the models and what is built on their latent spaces: RNA model, annotation, CREs, multimodal model.
+
+
+rule cell_qc:
+    input:
+        unpack(cell_qc_inputs),
+        rna=out("rna.h5ad"),
+        scrublet=out("scrublet.csv"),
+    output:
+        **OUTPUTS["cell_qc"],
+    log:
+        log_path("cell_qc"),
+    benchmark:
+        bench_path("cell_qc")
+    params:
+        cfg=params_of("cell_qc"),
+    threads: threads_of("cell_qc")
+    resources:
+        **RES.rule_resources("cell_qc"),
+    run:
+        run_rule("cell_qc", input, output, params, log, threads)
 
 
 rule train_rna:
     input:
-        unpack(train_rna_qc_inputs),
         rna=out("rna.h5ad"),
-        scrublet=out("scrublet.csv"),
+        cell_qc=FILES["cell_qc"]["table"],
     output:
         **OUTPUTS["train_rna"],
     log:
@@ -65,7 +84,7 @@ rule train_multimodal:
         rna=out("rna.h5ad"),
         atac=out("atac.h5ad"),
         cres=out("cres.csv"),
-        cells=RNA_MODEL["cells"],
+        cell_qc=FILES["cell_qc"]["table"],
         genes=RNA_MODEL["genes"],
         annotation=out("annotation.csv"),
     output:

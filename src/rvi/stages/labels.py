@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from rvi.io.atomic import save_figure, write_csv
-from rvi.stages._util import read_obs
-from rvi.stages.models import load_knn
+from rvi.io.h5ad import read_obs
+from rvi.stages.embedding import load_knn
 
 
 def annotate(rna: str, cells: str, knn: str, annotation: str, purity: str, cfg: Mapping, threads: int = 1) -> None:
@@ -47,7 +47,7 @@ def annotate(rna: str, cells: str, knn: str, annotation: str, purity: str, cfg: 
         table = labels.groupby("cluster").size().rename("n_cells").to_frame()
     labels.index = names
     labels.index.name = "obs_name"
-    for col in ("library", "dataset"):
+    for col in dict.fromkeys(c for c in (cfg["covariates"]["library_key"], cfg["covariates"]["dataset_key"]) if c):
         if col in obs:
             labels[col] = obs[col].astype(str).to_numpy()
     table.index.name = "cluster"

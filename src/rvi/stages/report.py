@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from rvi.io.atomic import atomic_path, write_csv
-from rvi.stages._util import read_obs
+from rvi.io.h5ad import read_obs
 from rvi.stages.labels import annotation_groups
 
 
@@ -60,7 +60,9 @@ def ground_truth_report(
         gt = pd.read_csv(truth, index_col=0)
         obs = read_obs(rna)
         rows += doublet_rows(gt, pd.read_csv(scrublet, index_col=0))
-        rows += annotation_rows(gt, pd.read_csv(annotation, index_col=0), obs, levels, _pair_types(pair_table))
+        ann = pd.read_csv(annotation, index_col=0)
+        library_key = cfg["covariates"]["library_key"]
+        rows += annotation_rows(gt, ann, obs, levels, _pair_types(pair_table), library_key=library_key)
         if rna_latent and multimodal_latent:
             rows += multimodal_rows(
                 gt,
@@ -116,14 +118,15 @@ def annotation_rows(
     obs: pd.DataFrame,
     levels: Sequence[str],
     excluded_types: set[str] = frozenset(),
+    library_key: str = "library",
 ) -> list[dict]:
     """Accuracy on libraries without any partial label, per level; the finest labelled level is the check.
 
     ``excluded_types`` (the chromatin-only subtypes, which the RNA-based annotation cannot tell apart by
     design) are left out of these rows; :func:`multimodal_rows` scores them from the joint latent."""
     obs = obs.reindex(ann.index)
-    labelled_libs = set(obs.loc[obs[levels].notna().any(axis=1), "library"].astype(str)) if levels else set()
-    unlabelled = ~obs["library"].astype(str).isin(labelled_libs)
+    labelled_libs = set(obs.loc[obs[levels].notna().any(axis=1), library_key].astype(str)) if levels else set()
+    unlabelled = ~obs[library_key].astype(str).isin(labelled_libs)
     singlet = ~gt["is_doublet"].reindex(ann.index).fillna(False).astype(bool)
     kept = ~gt["cell_type"].reindex(ann.index).astype(str).isin(set(excluded_types))
     cells = ann.index[unlabelled.to_numpy() & singlet.to_numpy() & kept.to_numpy()]

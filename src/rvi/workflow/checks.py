@@ -40,11 +40,11 @@ def cross_key_problems(cfg: Mapping, res: ResourceTable | None = None) -> list[s
     problems += training_problems(cfg, res=res)
     if "atac" not in cfg["modalities"]:
         for key in ("min_fragments",):
-            qc = cfg["train_rna"]["cell_qc"]
+            qc = cfg["cell_qc"]
             users = ["default"] * bool(qc["default"].get(key)) + [d for d, t in qc["per_dataset"].items() if t.get(key)]
             if users:
                 problems.append(
-                    f"'train_rna.cell_qc' sets {key} for {users} but modalities has no 'atac' (no fragments to count)"
+                    f"'cell_qc' sets {key} for {users} but modalities has no 'atac' (no fragments to count)"
                 )
     gt = cfg["ground_truth"]
     if gt["cres"] and "atac" not in cfg["modalities"]:

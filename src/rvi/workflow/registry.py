@@ -149,7 +149,7 @@ class Stage:
 
 
 def _cell_qc_thresholds(cfg: Mapping) -> dict:
-    qc = cfg["train_rna"]["cell_qc"]
+    qc = cfg["cell_qc"]
     return {"qc_thresholds": {"default": qc["default"], **qc["per_dataset"]}}
 
 
@@ -191,7 +191,7 @@ REGISTRY: tuple[Stage, ...] = (
     Stage(
         "load_rna",
         "rvi.stages.inputs:load_rna",
-        reads=("labels",),
+        reads=("covariates", "labels"),
         outputs={"h5ad": "rna/{sample}.h5ad"},
     ),
     Stage(
@@ -202,7 +202,6 @@ REGISTRY: tuple[Stage, ...] = (
         target="qc",
         notebook="merge_rna",
         notebook_inputs={"rna": "rna.h5ad", "qc_summary": "qc_summary.csv"},
-        notebook_params=_cell_qc_thresholds,
     ),
     Stage(
         "scrublet",
@@ -224,6 +223,7 @@ REGISTRY: tuple[Stage, ...] = (
     Stage(
         "load_atac",
         "rvi.stages.inputs:load_atac",
+        reads=("covariates",),
         outputs={"h5ad": "atac/{sample}.h5ad"},
         needs=("atac",),
     ),
@@ -231,11 +231,22 @@ REGISTRY: tuple[Stage, ...] = (
         "merge_atac",
         "rvi.stages.inputs:merge_atac",
         section=None,
+        reads=("covariates",),
         outputs={"atac": "atac.h5ad", "atac_qc": "atac_qc.csv"},
         target="atac",
         notebook="load_atac",
         notebook_inputs={"atac_qc": "atac_qc.csv"},
         needs=("atac",),
+    ),
+    Stage(
+        "cell_qc",
+        "rvi.stages.cell_qc:cell_qc",
+        reads=("covariates",),
+        outputs={"table": "cell_qc.csv"},
+        target="rna",
+        notebook="cell_qc",
+        notebook_inputs={"cell_qc": "cell_qc.csv"},
+        notebook_params=_cell_qc_thresholds,
     ),
     Stage(
         "train_rna",
@@ -255,7 +266,7 @@ REGISTRY: tuple[Stage, ...] = (
     Stage(
         "annotate",
         "rvi.stages.labels:annotate",
-        reads=("labels",),
+        reads=("covariates", "labels"),
         outputs={"annotation": "annotation.csv", "purity": "annotation_purity.csv"},
         target="rna",
         notebook="annotate",

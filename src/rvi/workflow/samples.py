@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from rvi.nesting import libraries_in_several_datasets, nesting_message
 from rvi.workflow.schema import ConfigError
 
 __all__ = [
@@ -38,11 +39,12 @@ def sample_sheet_path(cfg: Mapping) -> str:
     return str(Path(cfg["demo_data"]["outdir"]) / "samples.tsv")
 
 
-def _read_sheet_table(path: str):
+def _read_sheet_table(cfg: Mapping, path: str):
     from rvi.io.samples import read_sample_sheet
 
     # Paths are checked below, all at once, so a template config lists every missing file in one go.
-    return read_sample_sheet(path, check_paths=False)
+    cov = cfg["covariates"]
+    return read_sample_sheet(path, check_paths=False, library_key=cov["library_key"], dataset_key=cov["dataset_key"])
 
 
 #: Sample-sheet columns holding input files (relative paths are resolved against the sheet's folder).
@@ -60,7 +62,7 @@ def read_samples(cfg: Mapping, path: str | os.PathLike | None = None, check_file
     if not Path(path).is_file():
         raise ConfigError([f"sample sheet not found: 'sample_sheet' = {path!r} (working directory {os.getcwd()})"])
     try:
-        sheet = _read_sheet_table(path)
+        sheet = _read_sheet_table(cfg, path)
     except (ValueError, KeyError) as exc:
         raise ConfigError([f"sample sheet {path!r}: {exc}"]) from exc
     problems = _sheet_problems(cfg, sheet, path) + covariate_column_problems(cfg, sheet, path)
@@ -107,26 +109,25 @@ def _sheet_problems(cfg: Mapping, sheet, path: str) -> list[str]:
         if key is not None and key not in sheet.columns:
             problems.append(f"'{name}' = {key!r} is not a column of the sample sheet {path!r}")
     if lib in sheet.columns and ds is not None and ds in sheet.columns:
-        n_ds = sheet.groupby(lib, observed=True)[ds].nunique()
-        bad = sorted(map(str, n_ds.index[n_ds > 1]))
+        bad = libraries_in_several_datasets(sheet, lib, ds)
         if bad:
-            detail = {b: sorted(map(str, sheet.loc[sheet[lib].astype(str) == b, ds].unique())) for b in bad}
-            problems.append(f"sample sheet {path!r}: library in two datasets: {detail}")
+            problems.append(f"sample sheet {path!r}: {nesting_message(bad, lib, ds)}")
     if ds is not None and ds in sheet.columns:
         datasets = set(map(str, sheet[ds].unique()))
-        unknown = sorted(set(cfg["train_rna"]["cell_qc"]["per_dataset"]) - datasets)
+        unknown = sorted(set(cfg["cell_qc"]["per_dataset"]) - datasets)
         if unknown:
             problems.append(
-                f"unknown dataset(s) {unknown} in 'train_rna.cell_qc.per_dataset' "
+                f"unknown dataset(s) {unknown} in 'cell_qc.per_dataset' "
                 f"(datasets in the sample sheet: {sorted(datasets)})"
             )
-    elif cfg["train_rna"]["cell_qc"]["per_dataset"]:
-        problems.append("'train_rna.cell_qc.per_dataset' needs covariates.dataset_key")
+    elif cfg["cell_qc"]["per_dataset"]:
+        problems.append("'cell_qc.per_dataset' needs covariates.dataset_key")
     return problems
 
 
-#: obs columns every cell has besides the sample-sheet metadata (load_rna and merge_rna add them).
-COMPUTED_OBS_COLUMNS = ("barcode", "library", "fragments_path", "n_genes", "total_counts", "mt_frac")
+#: obs columns every cell has besides the sample-sheet metadata (load_rna and merge_rna add them; the
+#: library column, ``covariates.library_key``, is a sheet column).
+COMPUTED_OBS_COLUMNS = ("barcode", "fragments_path", "n_genes", "total_counts", "mt_frac")
 
 
 def covariate_columns(cfg: Mapping) -> dict[str, list[str]]:

@@ -153,6 +153,22 @@ def format_error(err, root: dict) -> list[str]:
     return [f"bad value for '{_key(path)}': {shown} ({err.message})"]
 
 
+#: Keys that moved: (old section, old key) -> new key path.
+MOVED_KEYS = {("train_rna", "cell_qc"): "cell_qc"}
+
+
+def moved_key_problems(config: Mapping) -> list[str]:
+    """Keys an older config may still have, each with the key that replaced it."""
+    problems = []
+    for (section, key), new in MOVED_KEYS.items():
+        if isinstance(config.get(section), Mapping) and key in config[section]:
+            problems.append(
+                f"'{section}.{key}' moved to the top-level section '{new}' (same keys: default, per_dataset): "
+                f"move the block out of '{section}' and unindent it"
+            )
+    return problems
+
+
 def validate_config(config: Mapping, schema_path: str | os.PathLike | None = None) -> dict:
     """Validate ``config`` against the schema and return a deep copy with defaults filled in.
 
@@ -163,6 +179,9 @@ def validate_config(config: Mapping, schema_path: str | os.PathLike | None = Non
     """
     if not config:
         raise ConfigError("no configuration given: run with --configfile config/<study>.yaml (e.g. config/demo.yaml)")
+    moved = moved_key_problems(config)
+    if moved:
+        raise ConfigError(moved)
     schema = load_schema(schema_path)
     cfg = copy.deepcopy(dict(config))
     validator = validator_with_defaults(schema)
