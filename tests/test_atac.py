@@ -231,7 +231,7 @@ def test_read_peaks_from_10x_h5(tmp_path):
         m["data"], m["indices"], m["indptr"], m["shape"] = np.array([1]), np.array([0]), np.array([0, 1]), [1, 1]
         m.create_group("features")["feature_type"] = np.array([b"Gene Expression"])
         m["features"]["id"] = np.array([b"ENSG1"])
-    with pytest.raises(ValueError, match="no 'Peaks' features"):
+    with pytest.raises(ValueError, match="no features of type 'Peaks'"):
         read_peaks_from_10x_h5(tmp_path / "gex_only.h5")
     with pytest.raises(FileNotFoundError):
         read_peaks_from_10x_h5(tmp_path / "missing.h5")

@@ -7,7 +7,8 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
 import rvi.doublets as doublets
-from rvi.doublets import SCRUBLET_COLUMNS, plot_doublet_scores, run_scrublet, scrublet_library
+from rvi.doublets import SCRUBLET_COLUMNS, run_scrublet, scrublet_library
+from rvi.plots import doublet_scores
 from rvi.simulate import simulate_demo, simulate_rna
 
 pytest.importorskip("scrublet")
@@ -70,6 +71,6 @@ def test_fixed_threshold_and_plot():
     out = scrublet_library(a.X, a.obs_names, library="lib1", threshold=0.0)
     assert out["predicted_doublet"].to_numpy(dtype=bool).mean() > 0.95
     small = scrublet_library(a.X[:100], a.obs_names[:100], library="lib2")
-    fig = plot_doublet_scores(pd.concat([out, small]))
+    fig = doublet_scores(pd.concat([out, small]))
     assert isinstance(fig, Figure) and sum(ax.get_visible() for ax in fig.axes) == 2
     assert np.isfinite(out["doublet_score"]).all()

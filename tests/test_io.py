@@ -319,3 +319,18 @@ def test_shared_bmmc_counts_validate():
 
     rna = md.read_h5mu(path)["rna"]
     validate_counts(rna.layers["counts"], str(path))
+
+
+def test_sample_sheet_columns_follow_the_covariate_keys(tmp_path):
+    """library / dataset columns are named by covariates.library_key / dataset_key; nesting is checked on them."""
+    (tmp_path / "a.h5").touch()
+    (tmp_path / "b.h5").touch()
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("sample\tlane\tstudy\trna_path\ns1\tL1\tS1\ta.h5\ns2\tL2\tS1\tb.h5\n")
+    table = read_sample_sheet(sheet, library_key="lane", dataset_key="study")
+    assert table["lane"].tolist() == ["L1", "L2"]
+    with pytest.raises(ValueError, match=r"lacks required columns \['library', 'dataset'\]"):
+        read_sample_sheet(sheet)
+    sheet.write_text("sample\tlane\tstudy\trna_path\ns1\tL1\tS1\ta.h5\ns2\tL1\tS2\tb.h5\n")
+    with pytest.raises(ValueError, match=r"libraries in several datasets: library 'L1' -> datasets \['S1', 'S2'\]"):
+        read_sample_sheet(sheet, library_key="lane", dataset_key="study")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from rvi.stages.models import integration_metrics
+from rvi.stages.integration import integration_metrics
 from rvi.stages.report import annotation_rows, atac_share, multimodal_rows
 
 COV = {"library_key": "library", "dataset_key": "dataset"}

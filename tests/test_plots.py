@@ -69,3 +69,50 @@ def test_attribution_scale_spans_the_data_and_titles_are_readable():
     assert attribution_title("frob_atac") == "influence of the ATAC latent block (Jacobian norm)"
     assert attribution_title("log2_ratio_atac_rna") == "log2 influence of the ATAC vs RNA latent block"
     assert attribution_title("frob_rna_decoder_atac_block") == "ATAC block -> RNA decoder: Jacobian norm"
+
+
+def _qc_table(n=120, seed=1):
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame(
+        {
+            "library": rng.choice(["lib1", "lib2", "lib10"], n),
+            "dataset": rng.choice(["d1", "d2"], n),
+            "total_counts": rng.integers(50, 5000, n).astype(float),
+            "n_genes": rng.integers(10, 1000, n).astype(float),
+            "mt_frac": rng.uniform(0, 0.4, n),
+        },
+        index=[f"c{i}" for i in range(n)],
+    )
+    table["pass_qc"] = table["total_counts"] >= 500
+    table["fail_reasons"] = np.where(table["pass_qc"], "", "min_counts")
+    return table
+
+
+def test_qc_figures_draw_thresholds_and_counts():
+    from rvi.plots import qc_counts, qc_histograms
+
+    table = _qc_table()
+    fig = qc_histograms(table, "dataset", thresholds={"default": {"min_counts": 500}, "d2": {"max_mt_frac": 0.3}})
+    assert len(fig.axes) == 6  # 2 datasets x 3 metrics
+    dashed = [len([ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]) for ax in fig.axes]
+    assert dashed == [1, 0, 0, 1, 0, 1]  # min_counts everywhere, max_mt_frac on d2 only
+    fig = qc_counts(table, "library")
+    bars, reasons = fig.axes
+    assert sorted(t.get_text() for t in bars.get_xticklabels()) == ["lib1", "lib10", "lib2"]
+    assert [t.get_text() for t in reasons.get_yticklabels()] == ["min_counts"]
+    kept = sum(p.get_height() for p in bars.patches[:3])
+    assert kept == int(table["pass_qc"].sum())
+
+
+def test_other_shared_figures_draw():
+    from rvi.plots import atac_qc_histograms, attribution_by_group, composition_bars, ground_truth_checks, purity_bars
+
+    table = _qc_table()
+    atac = table.assign(n_fragment=table["total_counts"] * 2, tsse=table["mt_frac"] * 10)
+    assert len(atac_qc_histograms(atac, "library").axes) == 3  # fragments, TSS enrichment, their scatter
+    assert len(composition_bars(table.assign(label=["A", None] * 60), "dataset", "label").axes) == 1
+    assert len(purity_bars(pd.DataFrame({"fraction": [0.9, 0.4]}, index=["0", "1"])).axes) == 1
+    attr = pd.DataFrame({"log2_ratio_atac_rna": np.linspace(-1, 1, 120)}, index=table.index)
+    assert len(attribution_by_group(attr, table["library"]).axes[0].get_xticklabels()) == 3
+    report = pd.DataFrame({"check": ["a", "b"], "value": [0.9, 0.2], "threshold": [0.8, 0.5], "passed": [True, False]})
+    assert len(ground_truth_checks(report).axes[0].patches) == 2

@@ -8,6 +8,7 @@ import scipy.sparse as sp
 from matplotlib.figure import Figure
 
 from rvi.io import save_figure
+from rvi.plots import qc_histograms
 from rvi.qc import (
     cell_qc_table,
     compute_qc_metrics,
@@ -15,7 +16,6 @@ from rvi.qc import (
     filter_cells,
     filter_genes,
     library_quality,
-    plot_qc_histograms,
     qc_summary,
 )
 from rvi.simulate import simulate_rna
@@ -119,7 +119,7 @@ def test_summary_and_plots(tmp_path):
         "passed",
     ]
     assert summary.set_index("library").loc["lib_good", "median_total_counts"] == 1250
-    fig = plot_qc_histograms(obs, thresholds={"default": {"min_counts": 1000, "max_mt_frac": 0.2}})
+    fig = qc_histograms(obs, thresholds={"default": {"min_counts": 1000, "max_mt_frac": 0.2}})
     assert isinstance(fig, Figure) and len(fig.axes) == 2 * 3
     save_figure(fig, tmp_path / "qc.png")
     assert (tmp_path / "qc.png").stat().st_size > 0

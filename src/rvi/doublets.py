@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from matplotlib.figure import Figure
 
 SCRUBLET_COLUMNS = ["obs_name", "library", "doublet_score", "predicted_doublet", "scrublet_status"]
 
@@ -94,7 +93,9 @@ def run_scrublet(
     min_gene_variability_pctl: float = 85,
     random_state: int = 0,
 ) -> pd.DataFrame:
-    """:func:`scrublet_library` on every library of ``adata`` (raw counts in X); rows in adata order."""
+    """:func:`scrublet_library` on every library of ``adata`` (raw counts in X); rows in adata order.
+
+    The library column of the result is named ``library_key`` (``library`` in :data:`SCRUBLET_COLUMNS`)."""
     libs = adata.obs[library_key].astype(str).to_numpy()
     parts, thresholds = [], {}
     for lib in pd.unique(libs):
@@ -113,36 +114,8 @@ def run_scrublet(
         thresholds[lib] = df.attrs.get("threshold", np.nan)
         parts.append(df.set_index(idx))
     if not parts:  # a library emptied by upstream QC still yields a (header-only) table
-        return scrublet_library(adata.X[:0], adata.obs_names[:0], min_cells=min_cells)
-    out = pd.concat(parts).sort_index().reset_index(drop=True)
+        empty = scrublet_library(adata.X[:0], adata.obs_names[:0], min_cells=min_cells)
+        return empty.rename(columns={"library": library_key})
+    out = pd.concat(parts).sort_index().reset_index(drop=True).rename(columns={"library": library_key})
     out.attrs["thresholds"] = thresholds
     return out
-
-
-def plot_doublet_scores(scores: pd.DataFrame, library_key: str = "library", bins: int = 40) -> Figure:
-    """Histogram of doublet scores per library (log counts); predicted doublets in red, the threshold dashed."""
-    libs = [lib for lib in pd.unique(scores[library_key].astype(str))]
-    ncol = min(3, max(1, len(libs)))
-    nrow = -(-len(libs) // ncol)
-    fig = Figure(figsize=(3.2 * ncol, 2.4 * nrow), layout="constrained")
-    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
-    for ax, lib in zip(axes, libs):
-        sub = scores[scores[library_key].astype(str) == lib]
-        s = sub["doublet_score"].to_numpy(dtype=np.float64)
-        ok = np.isfinite(s)
-        if not ok.any():
-            ax.text(0.5, 0.5, str(sub["scrublet_status"].iloc[0]), ha="center", va="center", transform=ax.transAxes)
-        else:
-            pred = sub["predicted_doublet"].fillna(False).to_numpy(dtype=bool)
-            edges = np.linspace(0, max(s[ok].max(), 1e-3), bins + 1)
-            ax.hist([s[ok & ~pred], s[ok & pred]], bins=edges, stacked=True, color=["0.5", "C3"], log=True)
-            if (ok & pred).any():
-                # Scrublet calls a doublet above its threshold: the line sits at the lowest called score.
-                cut = float(s[ok & pred].min())
-                ax.axvline(cut, color="k", ls="--", lw=1)
-                ax.text(cut, 0.95, f" threshold {cut:.2f}", transform=ax.get_xaxis_transform(), fontsize=7, va="top")
-        ax.set_title(lib, fontsize=9)
-        ax.set_xlabel("doublet score")
-    for ax in axes[len(libs) :]:
-        ax.set_visible(False)
-    return fig

@@ -1,4 +1,5 @@
-"""The figures stages and notebooks draw: UMAP panels, training curves, attribution maps.
+"""The figures stages and notebooks draw: UMAP panels, training curves, QC distributions and counts,
+doublet scores, ATAC QC, annotation purity and composition, attribution maps, ground-truth checks.
 
 Every function returns a ``matplotlib.figure.Figure`` that is not attached to pyplot (nothing leaks in
 batch jobs; notebooks display it by leaving it as the cell's value). Conventions: unlabelled cells
@@ -9,6 +10,7 @@ categories for a legend are labelled at their centroids.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -154,3 +156,217 @@ def attribution_title(column: str) -> str:
     if column.startswith("frob_"):
         return f"influence of the {column.removeprefix('frob_').upper()} latent block (Jacobian norm)"
     return column.replace("_", " ")
+
+
+def setup_notebook(study: str, dpi: int = 90) -> None:
+    """First cell of every notebook: inline figures (a Figure left as a cell's value is drawn), their
+    resolution, and which study and interpreter run the notebook."""
+    import matplotlib
+
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        shell = None
+    else:
+        shell = get_ipython()
+    if shell is not None:
+        shell.run_line_magic("matplotlib", "inline")
+    matplotlib.rcParams["figure.dpi"] = dpi
+    print(f"study {study}; kernel python {sys.executable}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Cell QC, doublets, ATAC QC
+# --------------------------------------------------------------------------------------------------
+
+
+def qc_histograms(
+    obs: pd.DataFrame,
+    dataset_key: str = "dataset",
+    metrics: Sequence[str] = ("total_counts", "n_genes", "mt_frac"),
+    thresholds: Mapping[str, Mapping[str, float]] | None = None,
+    log_scale: Sequence[str] = ("total_counts", "n_genes"),
+    bins: int = 50,
+) -> Figure:
+    """Histograms of QC metrics: one row per dataset, one column per metric; dashed lines mark the
+    dataset's thresholds (``{"default": {...}, dataset: {...}}``, as :func:`rvi.qc.cell_qc_table`)."""
+    from rvi.qc import THRESHOLD_KEYS, thresholds_for
+
+    datasets = sorted(obs[dataset_key].astype(str).unique()) if dataset_key in obs.columns else [""]
+    fig = Figure(figsize=(3.2 * len(metrics), 2.4 * len(datasets)), layout="constrained")
+    axes = fig.subplots(len(datasets), len(metrics), squeeze=False)
+    for i, ds in enumerate(datasets):
+        sub = obs if ds == "" else obs[obs[dataset_key].astype(str) == ds]
+        limits = thresholds_for(thresholds or {}, ds)
+        for j, metric in enumerate(metrics):
+            ax = axes[i, j]
+            x = sub[metric].to_numpy(dtype=np.float64)
+            x = x[np.isfinite(x)]
+            if metric in log_scale:
+                x = np.log10(np.maximum(x, 1))
+            ax.hist(x, bins=bins, color="0.4")
+            for key, value in limits.items():
+                if THRESHOLD_KEYS[key][0] == metric:
+                    ax.axvline(np.log10(max(value, 1)) if metric in log_scale else value, color="C3", ls="--")
+            ax.set_xlabel(f"log10 {metric}" if metric in log_scale else metric)
+            if j == 0:
+                ax.set_ylabel(f"{ds} cells" if ds else "cells")
+    return fig
+
+
+def qc_counts(table: pd.DataFrame, library_key: str) -> Figure:
+    """Cells kept and removed per library (stacked bars) and removed cells per failed check, from a
+    ``cell_qc.csv`` table (``pass_qc``, ``fail_reasons``; a cell failing two checks counts in both)."""
+    passed = table["pass_qc"].astype(bool)
+    per_lib = pd.crosstab(table[library_key].astype(str), passed.map({True: "kept", False: "removed"}))
+    per_lib = per_lib.reindex(columns=["kept", "removed"], fill_value=0)
+    per_lib = per_lib.loc[sorted(per_lib.index, key=_natural)]
+    reasons = table.loc[~passed, "fail_reasons"].fillna("").astype(str).str.split(",").explode()
+    reasons = reasons[reasons != ""].value_counts()
+    fig = Figure(figsize=(max(6.0, 0.35 * len(per_lib) + 4.5), 3.4), layout="constrained")
+    ax_lib, ax_why = fig.subplots(1, 2, width_ratios=[max(len(per_lib), 3), 3])
+    x = np.arange(len(per_lib))
+    ax_lib.bar(x, per_lib["kept"], color="0.45", label="kept")
+    ax_lib.bar(x, per_lib["removed"], bottom=per_lib["kept"], color="C3", label="removed")
+    ax_lib.set_xticks(x, per_lib.index, rotation=90, fontsize=8)
+    ax_lib.set_ylabel("cells")
+    ax_lib.set_title(f"{int(passed.sum())} of {len(table)} cells kept", fontsize=10)
+    ax_lib.legend(fontsize=8, frameon=False)
+    if len(reasons):
+        ax_why.barh(reasons.index[::-1], reasons.to_numpy()[::-1], color="C3")
+    else:
+        ax_why.text(0.5, 0.5, "no cell removed", ha="center", va="center", transform=ax_why.transAxes)
+        ax_why.set_yticks([])
+    ax_why.set_xlabel("cells removed")
+    ax_why.set_title("by failed check", fontsize=10)
+    return fig
+
+
+def library_cells(summary: pd.DataFrame, library_key: str) -> Figure:
+    """Cells per library of the merge_rna QC summary; libraries dropped by the library rule in red."""
+    fig = Figure(figsize=(max(4.0, 0.5 * len(summary)), 3.0), layout="constrained")
+    ax = fig.subplots()
+    ax.bar(summary[library_key].astype(str), summary["n_cells"], color=np.where(summary["passed"], "0.4", "C3"))
+    ax.set_ylabel("cells")
+    ax.set_title("red: dropped by the library rule", fontsize=10)
+    ax.tick_params(axis="x", rotation=90)
+    return fig
+
+
+def doublet_scores(scores: pd.DataFrame, library_key: str = "library", bins: int = 40) -> Figure:
+    """Histogram of doublet scores per library (log counts); predicted doublets in red, the threshold dashed."""
+    libs = [lib for lib in pd.unique(scores[library_key].astype(str))]
+    ncol = min(3, max(1, len(libs)))
+    nrow = -(-len(libs) // ncol)
+    fig = Figure(figsize=(3.2 * ncol, 2.4 * nrow), layout="constrained")
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax, lib in zip(axes, libs):
+        sub = scores[scores[library_key].astype(str) == lib]
+        s = sub["doublet_score"].to_numpy(dtype=np.float64)
+        ok = np.isfinite(s)
+        if not ok.any():
+            ax.text(0.5, 0.5, str(sub["scrublet_status"].iloc[0]), ha="center", va="center", transform=ax.transAxes)
+        else:
+            pred = sub["predicted_doublet"].fillna(False).to_numpy(dtype=bool)
+            edges = np.linspace(0, max(s[ok].max(), 1e-3), bins + 1)
+            ax.hist([s[ok & ~pred], s[ok & pred]], bins=edges, stacked=True, color=["0.5", "C3"], log=True)
+            if (ok & pred).any():
+                # Scrublet calls a doublet above its threshold: the line sits at the lowest called score.
+                cut = float(s[ok & pred].min())
+                ax.axvline(cut, color="k", ls="--", lw=1)
+                ax.text(cut, 0.95, f" threshold {cut:.2f}", transform=ax.get_xaxis_transform(), fontsize=7, va="top")
+        ax.set_title(lib, fontsize=9)
+        ax.set_xlabel("doublet score")
+    for ax in axes[len(libs) :]:
+        ax.set_visible(False)
+    return fig
+
+
+_LOG_METRICS = ("n_fragment", "n_features_accessible")
+
+
+def atac_qc_histograms(qc: pd.DataFrame, library_key: str, bins: int = 40) -> Figure:
+    """Per-library distributions of the ATAC QC metrics (fragments, TSS enrichment, mitochondrial
+    fraction, accessible features), plus TSS enrichment against fragments when both are known."""
+    metrics = [
+        c for c in ("n_fragment", "tsse", "frac_mito", "n_features_accessible") if c in qc and qc[c].nunique() > 1
+    ]  # a constant column (no mitochondrial fragments) has nothing to show
+    scatter = "tsse" in metrics and "n_fragment" in metrics
+    fig, axes = _grid(len(metrics) + scatter, 3, (3.8, 3.0))
+    libs = sorted(qc[library_key].astype(str).unique(), key=_natural)
+    for ax, metric in zip(axes, metrics):
+        for lib in libs:
+            x = qc.loc[qc[library_key].astype(str) == lib, metric].dropna()
+            x = np.log10(np.maximum(x, 1)) if metric in _LOG_METRICS else x
+            ax.hist(x, bins=bins, histtype="step", label=lib)
+        ax.set_xlabel(("log10 " if metric in _LOG_METRICS else "") + metric)
+    if metrics and len(libs) <= MAX_LEGEND:
+        axes[0].legend(fontsize=7, frameon=False)
+    if scatter:
+        ax = axes[-1]
+        ax.scatter(np.log10(np.maximum(qc["n_fragment"], 1)), qc["tsse"], s=2, alpha=0.5, rasterized=True)
+        ax.set_xlabel("log10 fragments")
+        ax.set_ylabel("TSS enrichment")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Annotation, attribution, ground truth
+# --------------------------------------------------------------------------------------------------
+
+
+def purity_bars(purity: pd.DataFrame, min_fraction: float = 0.5) -> Figure:
+    """Majority-label fraction per cluster (``annotation_purity.csv``), the vote's cut-off dashed."""
+    fig = Figure(figsize=(max(4.0, 0.3 * len(purity)), 3.0), layout="constrained")
+    ax = fig.subplots()
+    ax.bar(purity.index.astype(str), purity["fraction"], color="0.4")
+    ax.axhline(min_fraction, color="C3", ls="--")
+    ax.set_ylabel("majority fraction")
+    ax.set_xlabel("cluster")
+    ax.tick_params(axis="x", rotation=90)
+    return fig
+
+
+def composition_bars(table: pd.DataFrame, by: str, label: str) -> Figure:
+    """Fraction of each ``label`` (unassigned included) within each ``by`` group, stacked."""
+    groups = table[label].astype(object).where(table[label].notna(), "unassigned").astype(str)
+    comp = pd.crosstab(table[by].astype(str), groups, normalize="index")
+    fig = Figure(figsize=(8.0, 0.5 * len(comp) + 1.5), layout="constrained")
+    ax = fig.subplots()
+    colours = dict(zip(comp.columns, _palette(len(comp.columns))))
+    left = np.zeros(len(comp))
+    for col in comp.columns:
+        ax.barh(comp.index, comp[col], left=left, color=colours[col], label=col, height=0.8)
+        left += comp[col].to_numpy()
+    ax.set_xlabel(f"fraction of cells ({label})")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    return fig
+
+
+def attribution_by_group(attribution: pd.DataFrame, groups: pd.Series, column: str | None = None) -> Figure:
+    """Box plot of a log2 attribution ratio per group (cell type), groups ordered by their median."""
+    column = column or next(c for c in attribution if c.startswith("log2_ratio_"))
+    frame = pd.DataFrame(
+        {"group": groups.reindex(attribution.index).fillna("unassigned").astype(str), "ratio": attribution[column]}
+    )
+    order = frame.groupby("group")["ratio"].median().sort_values().index
+    fig = Figure(figsize=(max(4.0, 0.45 * len(order)), 3.2), layout="constrained")
+    ax = fig.subplots()
+    ax.boxplot([frame.loc[frame["group"] == g, "ratio"].dropna() for g in order], showfliers=False)
+    ax.set_xticks(range(1, len(order) + 1), order, rotation=90)
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_ylabel(attribution_title(column), fontsize=9)
+    return fig
+
+
+def ground_truth_checks(report: pd.DataFrame) -> Figure:
+    """The ground-truth report's checks against their thresholds (green: passed, red: failed)."""
+    checks = report.dropna(subset=["threshold"])
+    fig = Figure(figsize=(1.4 * len(checks) + 2, 3.2), layout="constrained")
+    ax = fig.subplots()
+    ax.bar(checks["check"], checks["value"], color=np.where(checks["passed"].astype(bool), "C2", "C3"))
+    ax.scatter(checks["check"], checks["threshold"], marker="_", s=600, color="k", label="threshold")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.tick_params(axis="x", rotation=30)
+    return fig

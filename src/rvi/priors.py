@@ -2,7 +2,7 @@
 
 Each prior owns its parameters and returns its *global* penalty (negative log prior or KL of a
 global variational factor). The module divides the sum of global penalties by the training-set
-size n_obs, never by the minibatch size (model_spec section 4).
+size n_obs, never by the minibatch size (docs/model.md, "Loss and the n_obs rule").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""RNA quality control: per-cell metrics, library drop rule, per-dataset cell filters, gene filter,
-QC summary table and histogram figures."""
+"""RNA quality control: per-cell metrics, library drop rule, per-dataset cell filters, gene filter and
+the QC summary table (their figures: :func:`rvi.plots.qc_histograms`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from matplotlib.figure import Figure
 
 MT_PREFIXES = ("MT-", "mt-")
 
@@ -90,7 +89,7 @@ def drop_low_quality_libraries(
     return out, dropped
 
 
-def _thresholds_for(thresholds: Mapping[str, Mapping[str, float]], dataset: str) -> dict[str, float]:
+def thresholds_for(thresholds: Mapping[str, Mapping[str, float]], dataset: str) -> dict[str, float]:
     merged = dict(thresholds.get("default", {}) or {})
     merged.update(thresholds.get(dataset, {}) or {})
     return {k: v for k, v in merged.items() if v is not None}
@@ -118,7 +117,7 @@ def cell_qc_table(
     out = pd.DataFrame(index=obs.index)
     for ds in pd.unique(datasets):
         rows = datasets == ds
-        for key, value in _thresholds_for(thresholds, ds).items():
+        for key, value in thresholds_for(thresholds, ds).items():
             col = cols[key]
             if col not in obs.columns:
                 raise ValueError(f"QC threshold {key!r} (dataset {ds!r}) needs obs column {col!r}, which is missing")
@@ -174,35 +173,3 @@ def qc_summary(
     table = table.join(quality[["frac_above_min_counts", "passed"]])
     table.index.name = library_key
     return table.reset_index()
-
-
-def plot_qc_histograms(
-    obs: pd.DataFrame,
-    dataset_key: str = "dataset",
-    metrics: Sequence[str] = ("total_counts", "n_genes", "mt_frac"),
-    thresholds: Mapping[str, Mapping[str, float]] | None = None,
-    log_scale: Sequence[str] = ("total_counts", "n_genes"),
-    bins: int = 50,
-) -> Figure:
-    """Histograms of QC metrics: one row per dataset, one column per metric; dashed lines mark the
-    dataset's thresholds (from the same dict as :func:`cell_qc_table`)."""
-    datasets = sorted(obs[dataset_key].astype(str).unique()) if dataset_key in obs.columns else [""]
-    fig = Figure(figsize=(3.2 * len(metrics), 2.4 * len(datasets)), layout="constrained")
-    axes = fig.subplots(len(datasets), len(metrics), squeeze=False)
-    for i, ds in enumerate(datasets):
-        sub = obs if ds == "" else obs[obs[dataset_key].astype(str) == ds]
-        limits = _thresholds_for(thresholds or {}, ds)
-        for j, metric in enumerate(metrics):
-            ax = axes[i, j]
-            x = sub[metric].to_numpy(dtype=np.float64)
-            x = x[np.isfinite(x)]
-            if metric in log_scale:
-                x = np.log10(np.maximum(x, 1))
-            ax.hist(x, bins=bins, color="0.4")
-            for key, value in limits.items():
-                if THRESHOLD_KEYS[key][0] == metric:
-                    ax.axvline(np.log10(max(value, 1)) if metric in log_scale else value, color="C3", ls="--")
-            ax.set_xlabel(f"log10 {metric}" if metric in log_scale else metric)
-            if j == 0:
-                ax.set_ylabel(f"{ds} cells" if ds else "cells")
-    return fig

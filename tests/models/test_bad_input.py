@@ -50,7 +50,7 @@ def test_library_in_two_datasets():
     adata.obs["ds"] = adata.obs["ds"].astype(str)
     adata.obs.loc[adata.obs_names[0], "ds"] = "d2" if adata.obs["lib"].iloc[0] != "c" else "d1"
     lib = adata.obs["lib"].iloc[0]
-    with pytest.raises(ValueError, match=f"libraries in several datasets: {{'{lib}'"):
+    with pytest.raises(ValueError, match=f"libraries in several datasets: library '{lib}' -> "):
         AmbientRegularizedSCVI.setup_anndata(adata, library_key="lib", dataset_key="ds")
 
 

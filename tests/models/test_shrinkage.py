@@ -1,4 +1,4 @@
-"""Shrinkage terms on the latent space (model_spec section 3b): values, gradients, the n_obs rule and
+"""Shrinkage terms on the latent space (docs/model.md, "Shrinkage"): values, gradients, the n_obs rule and
 active dimensions."""
 
 from __future__ import annotations

@@ -178,10 +178,8 @@ def test_fragments_not_needed_for_rna_only(tmp_path):
 
 
 def test_per_dataset_thresholds_must_name_known_datasets(tmp_path):
-    cfg = study_config(
-        write_sheet(tmp_path, rows(2)), train_rna={"cell_qc": {"per_dataset": {"ds9": {"min_counts": 5}}}}
-    )
-    with pytest.raises(ConfigError, match=r"unknown dataset\(s\) \['ds9'\] in 'train_rna.cell_qc.per_dataset'"):
+    cfg = study_config(write_sheet(tmp_path, rows(2)), cell_qc={"per_dataset": {"ds9": {"min_counts": 5}}})
+    with pytest.raises(ConfigError, match=r"unknown dataset\(s\) \['ds9'\] in 'cell_qc.per_dataset'"):
         load_config(cfg)
 
 
@@ -189,10 +187,17 @@ def test_fragment_threshold_needs_atac(tmp_path):
     cfg = study_config(
         write_sheet(tmp_path, rows(2)),
         modalities=["rna"],
-        train_rna={"cell_qc": {"default": {"min_fragments": 100}}},
+        cell_qc={"default": {"min_fragments": 100}},
     )
     with pytest.raises(ConfigError, match="min_fragments .* no 'atac'"):
         load_config(cfg)
+
+
+def test_old_cell_qc_key_names_its_new_place():
+    raw = load_yaml("demo")
+    raw["train_rna"]["cell_qc"] = raw.pop("cell_qc")
+    with pytest.raises(ConfigError, match="'train_rna.cell_qc' moved to the top-level section 'cell_qc'"):
+        load_config(raw, check_sample_sheet=False)
 
 
 def test_label_level_references_checked():

@@ -21,7 +21,7 @@ import yaml
 
 from tests.workflow import REPO, snakemake
 
-UPSTREAM = {"demo_data", "load_rna", "merge_rna", "scrublet", "merge_scrublet", "load_atac", "merge_atac"}
+UPSTREAM = {"demo_data", "load_rna", "merge_rna", "scrublet", "merge_scrublet", "load_atac", "merge_atac", "cell_qc"}
 DOWNSTREAM = {"train_rna", "annotate", "select_cres", "train_multimodal", "integrated_output"}
 
 
@@ -62,6 +62,7 @@ def test_all_outputs(tiny_run):
         "atac/s1.h5ad",
         "atac.h5ad",
         "atac_qc.csv",
+        "cell_qc.csv",
         "rna_model/model/model.pt",
         "rna_model/latent.parquet",
         "rna_model/umap.parquet",
@@ -88,6 +89,10 @@ def test_all_outputs(tiny_run):
     latent = pd.read_parquet(out / "rna_model" / "latent.parquet")
     assert latent.index.equals(cells.index[cells["pass_qc"]])
     assert set(cells.loc[cells["pass_qc"], "split"]) == {"train", "validation"}
+    # cell_qc.csv holds the verdicts both trainers read; the RNA model's cells.csv adds the split.
+    qc = pd.read_csv(out / "cell_qc.csv", index_col=0)
+    assert qc["pass_qc"].equals(cells["pass_qc"]) and {"library", "fail_reasons"} <= set(qc.columns)
+    assert (qc.loc[~qc["pass_qc"], "fail_reasons"].notna()).all()
     assert len(pd.read_csv(out / "annotation.csv", index_col=0)) == len(latent)
     report = pd.read_csv(out / "ground_truth_report.csv")
     assert {"scrublet_auroc", "cre_precision_top_n"} <= set(report["check"])
@@ -108,6 +113,7 @@ def test_notebooks_executed_on_this_interpreter(tiny_run):
         "merge_rna",
         "scrublet",
         "load_atac",
+        "cell_qc",
         "train_rna",
         "annotate",
         "select_cres",

@@ -100,7 +100,7 @@ def test_empty_validation_set_with_early_stopping_stops_before_the_model_is_buil
     """Cell counts per stratum are known only after cell QC: checked at the start of the training job."""
     import numpy as np
 
-    from rvi.stages.models import _build_and_train
+    from rvi.stages.training import _build_and_train
 
     training = {"early_stopping": True, "validation_fraction": 0.01}
     with pytest.raises(ValueError, match=r"validation_fraction = 0.01 gives 0 validation cells of 40.*early_stopping"):

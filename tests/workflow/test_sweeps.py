@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from rvi.stages.report import sweep_metrics, sweep_table
-from rvi.sweeps import deep_merge, experiment_config, flatten_overrides, sweep_params
+from rvi.stages.report import flatten_overrides, sweep_metrics, sweep_table
 from rvi.workflow import ConfigError, load_config, stage_params
+from rvi.workflow.sweeps import deep_merge, experiment_config, sweep_params
 from tests.workflow.test_config import REPO, rows, write_sheet
 from tests.workflow.test_dag import dry_run
 from tests.workflow.test_e2e import job_counts
@@ -99,7 +99,7 @@ def test_bad_experiment_names_and_stages():
     raw["sweeps"]["stage"] = "train_multimodal"
     raw["modalities"] = ["rna"]
     raw["ground_truth"]["cres"] = None
-    raw["train_rna"]["cell_qc"]["default"].pop("min_fragments", None)
+    raw["cell_qc"]["default"].pop("min_fragments", None)
     assert "'sweeps.stage' = 'train_multimodal' but modalities has no 'atac'" in errors(raw)
 
 

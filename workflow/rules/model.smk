@@ -1,14 +1,32 @@
-# Models and what is built on their latent spaces: RNA model, annotation, CREs, multimodal model.
+# Cell QC, the models and what is built on their latent spaces: RNA model, annotation, CREs, multimodal model.
+
+
+rule cell_qc:
+    input:
+        unpack(cell_qc_inputs),
+        rna=out("rna.h5ad"),
+        scrublet=out("scrublet.csv"),
+    output:
+        **OUTPUTS["cell_qc"],
+    log:
+        log_path("cell_qc"),
+    benchmark:
+        bench_path("cell_qc")
+    params:
+        cfg=params_of("cell_qc"),
+    threads: threads_of("cell_qc")
+    resources:
+        **RES.rule_resources("cell_qc"),
+    run:
+        run_rule("cell_qc", input, output, params, log, threads)
 
 
 rule train_rna:
     input:
-        unpack(train_rna_qc_inputs),
         rna=out("rna.h5ad"),
-        scrublet=out("scrublet.csv"),
+        cell_qc=FILES["cell_qc"]["table"],
     output:
-        **RNA_MODEL,
-        model=directory(RNA_MODEL_DIR),
+        **OUTPUTS["train_rna"],
     log:
         log_path("train_rna"),
     benchmark:
@@ -28,8 +46,7 @@ rule annotate:
         cells=RNA_MODEL["cells"],
         knn=RNA_MODEL["knn"],
     output:
-        annotation=out("annotation.csv"),
-        purity=out("annotation_purity.csv"),
+        **OUTPUTS["annotate"],
     log:
         log_path("annotate"),
     benchmark:
@@ -48,8 +65,7 @@ rule select_cres:
         atac=out("atac.h5ad"),
         annotation=out("annotation.csv"),
     output:
-        cres=out("cres.csv"),
-        heatmap=out("cre_heatmap.png"),
+        **OUTPUTS["select_cres"],
     log:
         log_path("select_cres"),
     benchmark:
@@ -68,12 +84,11 @@ rule train_multimodal:
         rna=out("rna.h5ad"),
         atac=out("atac.h5ad"),
         cres=out("cres.csv"),
-        cells=RNA_MODEL["cells"],
+        cell_qc=FILES["cell_qc"]["table"],
         genes=RNA_MODEL["genes"],
         annotation=out("annotation.csv"),
     output:
-        **MULTIMODAL_MODEL,
-        model=directory(MULTIMODAL_MODEL_DIR),
+        **OUTPUTS["train_multimodal"],
     log:
         log_path("train_multimodal"),
     benchmark:

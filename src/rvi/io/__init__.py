@@ -16,6 +16,7 @@ _LAZY = {
     "load_sheet_sample": "rvi.io.samples",
     "write_fragments": "rvi.io.fragments",
     "read_fragments": "rvi.io.fragments",
+    "read_obs": "rvi.io.h5ad",
 }
 
 __all__ = ["atomic_dir", "atomic_path", "save_figure", "write_csv", "write_h5ad", "write_parquet", *_LAZY]

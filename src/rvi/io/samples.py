@@ -10,22 +10,29 @@ import anndata as ad
 import pandas as pd
 
 from rvi.io.tenx import GENE_EXPRESSION, load_sample
+from rvi.nesting import libraries_in_several_datasets, nesting_message
 
-REQUIRED_COLUMNS = ("sample", "library", "dataset", "rna_path")
 PATH_COLUMNS = ("rna_path", "fragments_path", "labels_path")
 # Columns that describe files or identity rather than cells; everything else becomes an obs column.
 _NOT_METADATA = ("rna_path", "labels_path", "fragments_path")
 
 
-def read_sample_sheet(path: str | os.PathLike, check_paths: bool = True) -> pd.DataFrame:
+def read_sample_sheet(
+    path: str | os.PathLike,
+    check_paths: bool = True,
+    library_key: str = "library",
+    dataset_key: str | None = "dataset",
+) -> pd.DataFrame:
     """Read and validate a sample sheet (.tsv/.txt tab-separated, .csv comma-separated).
 
-    Required columns: sample, library, dataset, rna_path. Optional: fragments_path, labels_path
-    (empty = none) and any metadata (donor, tissue, condition, technical covariates) that
-    :func:`load_sheet_sample` copies into obs. Relative paths are resolved against the sheet's
-    folder and returned absolute. Raises ValueError for missing columns or values, duplicate sample
-    ids, or a library mapped to two datasets; FileNotFoundError for a path that does not exist.
-    The result is indexed by sample.
+    Required columns: sample, the library column (``library_key``: the config's
+    ``covariates.library_key``), the dataset column (``dataset_key``; None: none) and rna_path.
+    Optional: fragments_path, labels_path (empty = none) and any metadata (donor, tissue,
+    condition, technical covariates) that :func:`load_sheet_sample` copies into obs. Relative
+    paths are resolved against the sheet's folder and returned absolute. Raises ValueError for
+    missing columns or values, duplicate sample ids, or a library in several datasets
+    (:mod:`rvi.nesting`); FileNotFoundError for a path that does not exist. The result is
+    indexed by sample.
     """
     path = Path(path)
     if not path.is_file():
@@ -34,26 +41,25 @@ def read_sample_sheet(path: str | os.PathLike, check_paths: bool = True) -> pd.D
     sheet = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
     sheet.columns = [c.strip() for c in sheet.columns]
     sheet = sheet.apply(lambda col: col.str.strip())
-    missing = [c for c in REQUIRED_COLUMNS if c not in sheet.columns]
+    required = [c for c in ("sample", library_key, dataset_key, "rna_path") if c]
+    missing = [c for c in required if c not in sheet.columns]
     if missing:
         raise ValueError(f"{path}: sample sheet lacks required columns {missing} (has {list(sheet.columns)})")
     if sheet.empty:
         raise ValueError(f"{path}: sample sheet has a header but no samples (one row per sample is needed)")
-    for col in REQUIRED_COLUMNS:
+    for col in required:
         empty = sheet.index[sheet[col] == ""].tolist()
         if empty:
             raise ValueError(f"{path}: empty {col!r} in rows {[i + 2 for i in empty]} (line numbers)")
     dup = sorted(sheet.loc[sheet["sample"].duplicated(), "sample"].unique())
     if dup:
         raise ValueError(f"{path}: duplicate sample ids {dup}")
-    per_lib = sheet.groupby("library")["dataset"].unique()
-    bad = {lib: sorted(ds) for lib, ds in per_lib.items() if len(ds) > 1}
+    bad = libraries_in_several_datasets(sheet, library_key, dataset_key) if dataset_key else {}
     if bad:
-        detail = "; ".join(f"library {lib!r} -> datasets {ds}" for lib, ds in bad.items())
-        raise ValueError(f"{path}: each library must belong to exactly one dataset: {detail}")
-    lib_dup = sorted(sheet.loc[sheet["library"].duplicated(), "library"].unique())
+        raise ValueError(f"{path}: {nesting_message(bad, library_key, dataset_key)}")
+    lib_dup = sorted(sheet.loc[sheet[library_key].duplicated(), library_key].unique())
     if lib_dup:
-        used = {lib: sheet.loc[sheet["library"] == lib, "sample"].tolist() for lib in lib_dup}
+        used = {lib: sheet.loc[sheet[library_key] == lib, "sample"].tolist() for lib in lib_dup}
         detail = "; ".join(f"{lib!r}: samples {names}" for lib, names in used.items())
         raise ValueError(
             f"{path}: library ids used by several samples ({detail}); each sample is one library (Scrublet and "
@@ -91,6 +97,7 @@ def load_sheet_sample(
     label_columns: Sequence[str] = (),
     feature_type: str | None = GENE_EXPRESSION,
     layer: str | None = None,
+    library_key: str = "library",
 ) -> ad.AnnData:
     """Load one sample of a sheet from :func:`read_sample_sheet` with its metadata as obs columns."""
     if sample not in sheet.index:
@@ -99,7 +106,8 @@ def load_sheet_sample(
     metadata = {k: v for k, v in row.items() if k not in _NOT_METADATA}
     return load_sample(
         row["rna_path"],
-        library=row["library"],
+        library=row[library_key],
+        library_key=library_key,
         metadata=metadata,
         feature_type=feature_type,
         labels_path=row.get("labels_path") or None,

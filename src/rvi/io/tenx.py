@@ -125,10 +125,11 @@ def _decode(values) -> np.ndarray:
 def _features_from_group(path: Path, grp: h5py.Group) -> pd.DataFrame:
     if "features" in grp:  # CellRanger >= 3 / ARC
         f = grp["features"]
+        ids = _decode(f["id"][:])
         feats = pd.DataFrame(
             {
-                "gene_ids": _decode(f["id"][:]),
-                "name": _decode(f["name"][:]),
+                "gene_ids": ids,
+                "name": _decode(f["name"][:]) if "name" in f else ids,
                 "feature_types": _decode(f["feature_type"][:]),
             }
         )
@@ -415,11 +416,12 @@ def load_sample(
     label_columns: Sequence[str] = (),
     fragments_path: str | os.PathLike | None = None,
     layer: str | None = None,
+    library_key: str = "library",
 ) -> ad.AnnData:
     """Load one sample's raw counts with the standard obs columns.
 
     ``path`` is a 10x .h5, a 10x mtx folder or an .h5ad. obs_names become ``{library}-{barcode}``
-    (barcode as in the file, i.e. as in the fragments file) and obs gets: ``barcode``, ``library``,
+    (barcode as in the file, i.e. as in the fragments file) and obs gets: ``barcode``, ``library_key``,
     one constant column per ``metadata`` item (dataset, donor, tissue, condition, technical
     covariates ...), ``fragments_path`` (absolute, "" when absent), and the ``label_columns`` taken
     from ``labels_path`` (a CSV with a ``barcode`` column; cells absent from it, and every cell when
@@ -432,9 +434,9 @@ def load_sample(
     adata.obs_names = pd.Index([f"{library}-{bc}" for bc in barcodes])
     if not adata.obs_names.is_unique:
         raise ValueError(f"{path}: duplicate barcodes")
-    adata.obs["library"] = str(library)
+    adata.obs[library_key] = str(library)
     for key, value in (metadata or {}).items():
-        if key in ("barcode", "library"):
+        if key in ("barcode", library_key):
             continue
         adata.obs[key] = "" if value is None or (isinstance(value, float) and np.isnan(value)) else value
     adata.obs["fragments_path"] = str(Path(fragments_path).resolve()) if fragments_path else ""

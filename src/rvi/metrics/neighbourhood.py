@@ -1,4 +1,4 @@
-"""Label-free neighbourhood marker-gene correlation (``docs/metrics_spec.md`` section 2).
+"""Label-free neighbourhood marker-gene correlation (docs/metrics.md, "Label-free").
 
 Question answered: do a cell's neighbours in a model's latent kNN graph express the same marker genes,
 within its own library, in other libraries of its dataset, in other datasets, and across technical
@@ -17,6 +17,8 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from rvi.nesting import check_library_nesting
 
 from .scib import _get_counts, exact_knn, pca_from_counts, umap_connectivities
 
@@ -186,11 +188,7 @@ def validate_dataset_key(obs: pd.DataFrame, library_key: str, dataset_key: str) 
         ds[missing] = lib[missing].map(per_lib)
         ds = ds.fillna("<missing>")
     ds = ds.astype(str)
-    n_ds = pd.DataFrame({"lib": lib.to_numpy(), "ds": ds.to_numpy()}).groupby("lib")["ds"].unique()
-    bad = n_ds[n_ds.map(len) > 1]
-    if len(bad):
-        detail = ", ".join(f"{k} ({', '.join(map(str, sorted(v)))})" for k, v in bad.items())
-        raise ValueError(f"each library must belong to exactly one {dataset_key!r}; offending libraries: {detail}")
+    check_library_nesting(pd.DataFrame({library_key: lib, dataset_key: ds}), library_key, dataset_key)
     return ds
 
 

@@ -1,6 +1,6 @@
 """Label-based integration metrics (scib-metrics) and simple baselines.
 
-See ``docs/metrics_spec.md`` section 1. scib-metrics' ``Benchmarker`` is used unchanged for the metric
+See docs/metrics.md ("Label-based"). scib-metrics' ``Benchmarker`` is used unchanged for the metric
 definitions; only neighbour search is swapped for an exact scikit-learn search and the UMAP
 connectivities for a numpy implementation of the same algorithm, because the default pynndescent/umap
 paths spend 10-40 s in numba compilation per process, which dominates on CPU for subsamples of <= 50k

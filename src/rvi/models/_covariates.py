@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from rvi.nesting import check_library_nesting
+
 _EXPLICIT_FANOUT = ("ambient_covariate_keys", "dispersion_key", "library_size_key")
 
 
@@ -81,7 +83,7 @@ def resolve_covariate_keys(
     library_size_key=None,
     encoder_covariate_keys=False,
 ) -> CovariateSpec:
-    """Apply the one-key-per-purpose rules of model_spec section 1."""
+    """Apply the one-key-per-purpose rules of docs/model.md ("Covariates")."""
     if isinstance(encoder_covariate_keys, str) and encoder_covariate_keys.strip().lower() in ("true", "false"):
         raise TypeError(
             f"encoder_covariate_keys={encoder_covariate_keys!r} is a string where a bool (False) or a list of "
@@ -149,17 +151,4 @@ def validate_obs(obs: pd.DataFrame, spec: CovariateSpec, table: str = "obs") -> 
         if not np.isfinite(obs[key].to_numpy(dtype=float)).all():
             raise ValueError(f"Continuous covariate {key!r} of {table} has non-finite values.")
     if spec.dataset_key is not None and spec.library_key is not None:
-        check_library_nesting(obs, spec.library_key, spec.dataset_key)
-
-
-def check_library_nesting(obs: pd.DataFrame, library_key: str, dataset_key: str) -> None:
-    """Every library must map to exactly one dataset; name the offenders otherwise."""
-    pairs = obs[[library_key, dataset_key]].dropna().astype(str).drop_duplicates()
-    counts = pairs.groupby(library_key)[dataset_key].nunique()
-    bad = counts[counts > 1]
-    if len(bad):
-        detail = {lib: sorted(pairs.loc[pairs[library_key] == lib, dataset_key]) for lib in bad.index}
-        raise ValueError(
-            f"Each {library_key!r} value must belong to exactly one {dataset_key!r}; "
-            f"libraries in several datasets: {detail}."
-        )
+        check_library_nesting(obs, spec.library_key, spec.dataset_key, where=table)

@@ -104,7 +104,7 @@ class AmbientRegularizedSCVI(RVIModelBase):
         encoder_covariate_keys: list[str] | bool = False,
         **kwargs,
     ):
-        """Register an AnnData with one obs key per purpose (model_spec section 1).
+        """Register an AnnData with one obs key per purpose (docs/model.md, "Covariates").
 
         ``library_key`` (or its alias ``batch_key``) fans out to the ambient, dispersion and
         library-size keys unless those are given; ``dataset_key`` is validated so each library

@@ -104,7 +104,7 @@ def library_prior_stats(total: np.ndarray, groups: np.ndarray | None, n_groups: 
 def dispersion_from_data(
     mean: np.ndarray, var: np.ndarray, total: np.ndarray, technical_fraction: float = 0.1, bounds=(0.01, 20.0)
 ) -> np.ndarray:
-    """theta_g from the law of total variance (model_spec section 5).
+    """theta_g from the law of total variance (docs/model.md, "Dispersion initialisation").
 
     Var(x) = mu + mu^2 CV^2(L) + (mu^2/theta)(1 + CV^2(L)). The gene-specific excess over Poisson and
     library-size noise is split into biology (left to the latent space) and a technical share;

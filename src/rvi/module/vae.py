@@ -1,6 +1,6 @@
 """RegularizedVAE: an N-modality VAE with ambient, feature-scaling, dispersion and library priors.
 
-Notation follows model_spec.md: cell n, feature f, modality m, minibatch size B, training-set size N.
+Notation follows docs/model.md: cell n, feature f, modality m, minibatch size B, training-set size N.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class RegularizedVAE(BaseModuleClass):
         Purpose -> column indices into that tensor: ``ambient``, ``nn_conditioning``,
         ``feature_scaling``, ``encoder`` (lists) and ``dispersion``, ``library_size`` (one or None).
     latent_prior
-        Prior on every latent slice (model_spec section 3b): ``"normal"`` (Normal(0, I)), ``"ard"``
+        Prior on every latent slice (docs/model.md, "Shrinkage"): ``"normal"`` (Normal(0, I)), ``"ard"``
         (learned per-dimension precision alpha_k, Gamma(``ard_a0``, ``ard_b0``) hyper-prior, a global
         term) or ``"horseshoe"`` (non-centred local-global shrinkage, HalfCauchy(1) local scales and a
         HalfCauchy(``horseshoe_tau0``) global scale).

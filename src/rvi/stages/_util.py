@@ -14,17 +14,6 @@ def pyplot():
     return plt
 
 
-def read_obs(path: str) -> pd.DataFrame:
-    """obs of an .h5ad without loading X."""
-    import anndata as ad
-
-    backed = ad.read_h5ad(path, backed="r")
-    try:
-        return backed.obs.copy()
-    finally:
-        backed.file.close()
-
-
 def restore_categoricals(obs: pd.DataFrame) -> None:
     # concat turns categoricals with differing categories into object columns; h5ad wants categories.
     for col in obs.columns:

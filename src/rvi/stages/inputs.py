@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from rvi.io.atomic import write_csv, write_h5ad
-from rvi.stages._util import read_obs, restore_categoricals
+from rvi.io.h5ad import read_obs
+from rvi.stages._util import restore_categoricals
 
 
 def demo_data(sheet: str, cfg: Mapping, threads: int = 1, **outputs) -> None:
@@ -31,9 +32,11 @@ def load_rna(counts: str, h5ad: str, cfg: Mapping, sample: Mapping, threads: int
     from rvi.io.tenx import load_sample
 
     metadata = {k: v for k, v in sample.items() if k not in _NOT_METADATA}
+    library_key = cfg["covariates"]["library_key"]
     adata = load_sample(
         counts,
-        library=str(sample["library"]),
+        library=str(sample[library_key]),
+        library_key=library_key,
         metadata=metadata,
         feature_type=cfg["load_rna"]["feature_type"],
         labels_path=sample.get("labels_path") or None,
@@ -123,10 +126,10 @@ def load_atac(
 
     from rvi import atac
 
-    spec = cfg["load_atac"]
-    library = str(sample["library"])
+    spec, library_key = cfg["load_atac"], cfg["covariates"]["library_key"]
+    library = str(sample[library_key])
     obs = read_obs(rna)
-    cells = obs.index[obs["library"].astype(str) == library]
+    cells = obs.index[obs[library_key].astype(str) == library]
     if len(cells) == 0:
         print(f"library {library} has no RNA cells (dropped by merge_rna QC): writing an empty matrix")
         write_h5ad(ad.AnnData(obs=pd.DataFrame(index=pd.Index([], dtype=str))), h5ad)
@@ -159,7 +162,7 @@ def load_atac(
     qc_table = atac.atac_qc(counts)
     for col in qc_table.columns:
         counts.obs[col] = qc_table[col].to_numpy()
-    aligned, report = atac.join_rna_atac(cells, counts, library, fragments_path=atac_source)
+    aligned, report = atac.join_rna_atac(cells, counts, library, fragments_path=atac_source, library_key=library_key)
     if spec["min_fragments"]:
         frags = aligned.obs["n_fragment"].fillna(aligned.obs["total_counts"] / 2)
         aligned = aligned[frags.to_numpy() >= spec["min_fragments"]].copy()
@@ -169,7 +172,7 @@ def load_atac(
     write_h5ad(aligned, h5ad)
 
 
-def merge_atac(samples: Sequence[str], atac: str, atac_qc: str, threads: int = 1, cfg: Mapping | None = None) -> None:
+def merge_atac(samples: Sequence[str], atac: str, atac_qc: str, cfg: Mapping, threads: int = 1) -> None:
     """Concatenate per-sample ATAC matrices (same features) and write the per-cell QC table."""
     import anndata as ad
 
@@ -182,7 +185,7 @@ def merge_atac(samples: Sequence[str], atac: str, atac_qc: str, threads: int = 1
     qc_cols = [
         c
         for c in (
-            "library",
+            cfg["covariates"]["library_key"],
             "sample",
             "n_fragment",
             "total_counts",

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from rvi.io.atomic import save_figure, write_csv
-from rvi.stages._util import read_obs
-from rvi.stages.models import load_knn
+from rvi.io.h5ad import read_obs
+from rvi.stages.embedding import load_knn
 
 
 def annotate(rna: str, cells: str, knn: str, annotation: str, purity: str, cfg: Mapping, threads: int = 1) -> None:
@@ -17,7 +17,6 @@ def annotate(rna: str, cells: str, knn: str, annotation: str, purity: str, cfg: 
     import anndata as ad
 
     from rvi import annotation as ann
-    from rvi.workflow import label_hierarchy
 
     spec, levels = cfg["annotate"], list(cfg["labels"]["levels"])
     names, conn, _ = load_knn(knn)
@@ -48,7 +47,7 @@ def annotate(rna: str, cells: str, knn: str, annotation: str, purity: str, cfg: 
         table = labels.groupby("cluster").size().rename("n_cells").to_frame()
     labels.index = names
     labels.index.name = "obs_name"
-    for col in ("library", "dataset"):
+    for col in dict.fromkeys(c for c in (cfg["covariates"]["library_key"], cfg["covariates"]["dataset_key"]) if c):
         if col in obs:
             labels[col] = obs[col].astype(str).to_numpy()
     table.index.name = "cluster"
@@ -104,3 +103,25 @@ def select_cres(atac: str, annotation: str, cres: str, heatmap: str, cfg: Mappin
     print(f"CREs at {level}: {table['region'].nunique()} regions for {table['group'].nunique()} groups")
     write_csv(table, cres, index=False)
     save_figure(cre.cre_heatmap(adata, table, groupby="cre_group"), heatmap)
+
+
+def label_hierarchy(cfg: Mapping, labels_frame=None):
+    """The label hierarchy table of the config (CSV), or inferred from fully labelled cells.
+
+    Returns a DataFrame with one column per level (one row per coarse -> fine path), the table form
+    accepted by :func:`rvi.annotation.normalize_hierarchy`.
+    """
+    levels = list(cfg["labels"]["levels"])
+    path = cfg["labels"]["hierarchy"]
+    if path:
+        table = pd.read_csv(path, sep=None, engine="python", dtype=str)
+        missing = [lvl for lvl in levels if lvl not in table.columns]
+        if missing:
+            raise ValueError(f"labels.hierarchy table {path!r} lacks level column(s) {missing}")
+        return table[levels].drop_duplicates().reset_index(drop=True)
+    if labels_frame is None:
+        raise ValueError("labels.hierarchy is null: pass the partial labels to infer it from")
+    # Each labelled path seen in the data is one row; cells labelled only coarsely add the coarse
+    # prefix so that labels without finer children stay valid.
+    rows = labels_frame[levels].astype("object").dropna(subset=levels[:1]).drop_duplicates()
+    return rows.reset_index(drop=True)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from rvi.io.atomic import atomic_path, write_csv
-from rvi.stages._util import read_obs
+from rvi.io.h5ad import read_obs
 from rvi.stages.labels import annotation_groups
 
 
@@ -58,7 +60,9 @@ def ground_truth_report(
         gt = pd.read_csv(truth, index_col=0)
         obs = read_obs(rna)
         rows += doublet_rows(gt, pd.read_csv(scrublet, index_col=0))
-        rows += annotation_rows(gt, pd.read_csv(annotation, index_col=0), obs, levels, _pair_types(pair_table))
+        ann = pd.read_csv(annotation, index_col=0)
+        library_key = cfg["covariates"]["library_key"]
+        rows += annotation_rows(gt, ann, obs, levels, _pair_types(pair_table), library_key=library_key)
         if rna_latent and multimodal_latent:
             rows += multimodal_rows(
                 gt,
@@ -114,14 +118,15 @@ def annotation_rows(
     obs: pd.DataFrame,
     levels: Sequence[str],
     excluded_types: set[str] = frozenset(),
+    library_key: str = "library",
 ) -> list[dict]:
     """Accuracy on libraries without any partial label, per level; the finest labelled level is the check.
 
     ``excluded_types`` (the chromatin-only subtypes, which the RNA-based annotation cannot tell apart by
     design) are left out of these rows; :func:`multimodal_rows` scores them from the joint latent."""
     obs = obs.reindex(ann.index)
-    labelled_libs = set(obs.loc[obs[levels].notna().any(axis=1), "library"].astype(str)) if levels else set()
-    unlabelled = ~obs["library"].astype(str).isin(labelled_libs)
+    labelled_libs = set(obs.loc[obs[levels].notna().any(axis=1), library_key].astype(str)) if levels else set()
+    unlabelled = ~obs[library_key].astype(str).isin(labelled_libs)
     singlet = ~gt["is_doublet"].reindex(ann.index).fillna(False).astype(bool)
     kept = ~gt["cell_type"].reindex(ann.index).astype(str).isin(set(excluded_types))
     cells = ann.index[unlabelled.to_numpy() & singlet.to_numpy() & kept.to_numpy()]
@@ -340,13 +345,27 @@ def _cell(value):
     return value
 
 
+def flatten_overrides(overrides: Mapping, prefix: str = "") -> dict[str, Any]:
+    """Nested overrides -> ``{"training.validation_fraction": 0.2, ...}`` (lists stay values).
+
+    An empty mapping given as an override (``module_kwargs: {}``) is kept as ``{}`` under its own key.
+    """
+    flat: dict[str, Any] = {}
+    for key in sorted(overrides, key=str):
+        value = overrides[key]
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat |= flatten_overrides(value, prefix=f"{name}.")
+        else:
+            flat[name] = copy.deepcopy(value)
+    return flat
+
+
 def sweep_table(
     experiments: Sequence[str], metrics: Sequence[str], history: Sequence[str], overrides: Mapping
 ) -> pd.DataFrame:
     """One row per experiment: its model's metrics (the ``rvi`` row of metrics.csv), a training summary
     (``n_epochs``, last and best ``elbo_validation``) and its flattened overrides (``training.seed``, ...)."""
-    from rvi.sweeps import flatten_overrides
-
     if not (len(experiments) == len(metrics) == len(history)):
         raise ValueError(
             f"sweep table: {len(experiments)} experiments but {len(metrics)} metrics and {len(history)} history files"
