@@ -169,28 +169,31 @@ def _drop_diagonal(C) -> sp.csr_matrix:
 def validate_dataset_key(obs: pd.DataFrame, library_key: str, dataset_key: str) -> pd.Series:
     """Dataset per cell, checked so that each library lies in exactly one dataset.
 
-    Missing dataset values are warned about and filled from the library's dataset when that is unique;
-    libraries spanning several datasets raise a ValueError naming them.
+    Missing dataset values are warned about and filled from the library's dataset when that is known;
+    cells of libraries without any dataset stay missing (NaN) and are left out of the cross-library and
+    cross-dataset statistics. Libraries spanning several datasets raise a ValueError naming them.
     """
+    if dataset_key not in obs:
+        raise KeyError(f"dataset key {dataset_key!r} not in obs (columns: {list(obs.columns)})")
     lib = obs[library_key].astype(str)
     ds = obs[dataset_key].astype(object)
     missing = ds.isna()
-    if missing.any():
-        warnings.warn(
-            f"{int(missing.sum())} cells have no {dataset_key!r}; filling from their library where possible",
-            stacklevel=3,
-        )
-        known = pd.Series(ds[~missing].astype(str).to_numpy(), index=lib[~missing].to_numpy())
-        per_lib = known.groupby(level=0).agg(lambda s: s.iloc[0] if s.nunique() == 1 else np.nan)
-        ds = ds.copy()
-        ds[missing] = lib[missing].map(per_lib)
-        ds = ds.fillna("<missing>")
-    ds = ds.astype(str)
-    n_ds = pd.DataFrame({"lib": lib.to_numpy(), "ds": ds.to_numpy()}).groupby("lib")["ds"].unique()
+    known = ds[~missing].astype(str)
+    n_ds = pd.DataFrame({"lib": lib[~missing].to_numpy(), "ds": known.to_numpy()}).groupby("lib")["ds"].unique()
     bad = n_ds[n_ds.map(len) > 1]
     if len(bad):
         detail = ", ".join(f"{k} ({', '.join(map(str, sorted(v)))})" for k, v in bad.items())
         raise ValueError(f"each library must belong to exactly one {dataset_key!r}; offending libraries: {detail}")
+    ds = ds.where(missing, ds.astype(str))
+    if missing.any():
+        ds = ds.copy()
+        ds[missing] = lib[missing].map(n_ds.map(lambda v: v[0]))
+        left = ds.isna()
+        warnings.warn(
+            f"{int(missing.sum())} cells have no {dataset_key!r}: {int(missing.sum() - left.sum())} filled from their "
+            f"library, {int(left.sum())} excluded from the cross-library and cross-dataset statistics",
+            stacklevel=3,
+        )
     return ds
 
 
@@ -214,13 +217,17 @@ def neighbour_masks(
     same_lib = lib[rows] == lib[cols]
     if dataset is None:
         cross_ds = np.zeros_like(same_lib)
+        known = np.ones_like(same_lib)
     else:
-        ds = pd.factorize(np.asarray(dataset))[0]
-        cross_ds = ds[rows] != ds[cols]
+        # A cell without a dataset is in neither cross level (nor in between_libraries, so that
+        # between_libraries = cross_library + cross_dataset still holds).
+        ds = pd.factorize(pd.Series(np.asarray(dataset, dtype=object)), use_na_sentinel=True)[0]
+        known = (ds[rows] >= 0) & (ds[cols] >= 0)
+        cross_ds = known & (ds[rows] != ds[cols])
     masks = {
         "same_library": same_lib,
-        "between_libraries": ~same_lib,
-        "cross_library": ~same_lib & ~cross_ds,
+        "between_libraries": ~same_lib & known,
+        "cross_library": ~same_lib & known & ~cross_ds,
         "cross_dataset": cross_ds,
     }
     if technical:
@@ -398,6 +405,7 @@ class NeighbourhoodResult:
     marker_genes: list[str] = field(default_factory=list)
     masks: list[str] = field(default_factory=list)
     failure_modes: pd.DataFrame | None = None
+    missing_markers: list[str] = field(default_factory=list)
 
 
 def _per_cell_table(
@@ -504,16 +512,20 @@ def random_knn_graph(connectivities, seed: int = 0) -> sp.csr_matrix:
 
 
 def _target_sizes(library: np.ndarray, dataset: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Per cell, the number of other cells in each cross level's target group (NaN without a dataset)."""
     n = len(library)
-    lib_size = pd.Series(library).map(pd.Series(library).value_counts()).to_numpy()
+    lib_size = pd.Series(library).map(pd.Series(library).value_counts()).to_numpy().astype(np.float64)
     if dataset is None:
-        ds_size = np.full(n, n)
-    else:
-        ds_size = pd.Series(dataset).map(pd.Series(dataset).value_counts()).to_numpy()
+        return {"between_libraries": n - lib_size, "cross_library": n - lib_size, "cross_dataset": np.zeros(n)}
+    ds = pd.Series(np.asarray(dataset, dtype=object))
+    known = ds.notna().to_numpy()
+    n_known = float(known.sum())
+    ds_size = ds.map(ds.value_counts()).to_numpy().astype(np.float64)
+    nan = np.where(known, 1.0, np.nan)
     return {
-        "between_libraries": n - lib_size,
-        "cross_library": ds_size - lib_size,
-        "cross_dataset": n - ds_size,
+        "between_libraries": (n_known - lib_size) * nan,
+        "cross_library": (ds_size - lib_size) * nan,
+        "cross_dataset": (n_known - ds_size) * nan,
     }
 
 
@@ -546,15 +558,22 @@ def neighbourhood_correlation(
         raise ValueError("give exactly one of embedding or connectivities")
     obs = adata.obs
     if library_key not in obs:
-        raise KeyError(f"{library_key!r} not in adata.obs")
+        raise KeyError(f"library key {library_key!r} not in adata.obs (columns: {list(obs.columns)})")
     if obs[library_key].isna().any():
-        raise ValueError(f"{library_key!r} has missing values")
+        # The library is the finest technical unit every mask is built from: no sensible exclusion exists.
+        raise ValueError(f"library key {library_key!r} has {int(obs[library_key].isna().sum())} cells without a value")
     library = obs[library_key].astype(str).to_numpy()
     dataset = validate_dataset_key(obs, library_key, dataset_key).to_numpy() if dataset_key else None
     tech_keys = list(technical_covariate_keys or [])
     for key in tech_keys:
         if key not in obs:
             raise KeyError(f"technical covariate {key!r} not in adata.obs")
+        if obs[key].isna().any():
+            warnings.warn(
+                f"technical covariate {key!r}: {int(obs[key].isna().sum())} cells without a value are excluded "
+                "from its within/between statistics",
+                stacklevel=2,
+            )
     technical = {k: obs[k].to_numpy() for k in tech_keys}
 
     if connectivities is None:
@@ -573,12 +592,18 @@ def neighbourhood_correlation(
             gene_symbols_key=gene_symbols_key,
             seed=seed,
         )
-    marker_genes = list(marker_genes)
+    marker_genes = list(dict.fromkeys(marker_genes))
+    marker_idx = pd.Index(adata.var_names).get_indexer(marker_genes)
+    absent = [g for g, i in zip(marker_genes, marker_idx) if i < 0]
+    if absent:
+        warnings.warn(
+            f"{len(absent)} of {len(marker_genes)} marker genes are not in var_names and are skipped: {absent[:10]}",
+            stacklevel=2,
+        )
+        marker_genes = [g for g, i in zip(marker_genes, marker_idx) if i >= 0]
+        marker_idx = marker_idx[marker_idx >= 0]
     if len(marker_genes) < 3:
         raise ValueError(f"need at least 3 marker genes present in the data, found {len(marker_genes)}")
-    marker_idx = pd.Index(adata.var_names).get_indexer(marker_genes)
-    if (marker_idx < 0).any():
-        raise KeyError(f"marker genes not in var_names: {np.asarray(marker_genes)[marker_idx < 0][:10].tolist()}")
     P = marker_profiles(_get_counts(adata, layer), marker_idx, log1p=log1p)
     targets = _target_sizes(library, dataset)
 
@@ -604,6 +629,7 @@ def neighbourhood_correlation(
         baseline_per_cell=baseline_pc,
         marker_genes=marker_genes,
         masks=mask_names(tech_keys),
+        missing_markers=absent,
     )
 
 
@@ -731,6 +757,8 @@ def neighbourhood_benchmark(
     n_neighbors: int = 15,
     random_baseline: bool = True,
     gene_symbols_key: str | None = None,
+    marker_genes: Sequence[str] | None = None,
+    connectivities: Mapping[str, sp.spmatrix] | None = None,
     seed: int = 0,
     n_jobs: int = 1,
 ) -> tuple[pd.DataFrame, dict[str, NeighbourhoodResult]]:
@@ -738,16 +766,36 @@ def neighbourhood_benchmark(
 
     Returns a table (one row per model: H1-H14 and composites; the random-graph baseline, degree-matched
     to the first model's graph, as row ``"random_knn"`` when requested) and the per-model results, whose
-    ``failure_modes`` use the other models to detect under-integration.
+    ``failure_modes`` use the other models to detect under-integration. ``marker_genes`` replaces the
+    marker selection (genes absent from var are reported and skipped); ``connectivities`` gives a
+    precomputed graph for some of the embeddings (by name), e.g. the one a training stage saved.
     """
-    markers = select_marker_genes(
-        adata, label_keys=label_keys, layer=layer, dataset_key=dataset_key, gene_symbols_key=gene_symbols_key, seed=seed
-    )
+    if marker_genes is None:
+        markers = select_marker_genes(
+            adata,
+            label_keys=label_keys,
+            layer=layer,
+            dataset_key=dataset_key,
+            gene_symbols_key=gene_symbols_key,
+            seed=seed,
+        )
+    else:
+        markers = list(dict.fromkeys(marker_genes))
+    present = set(adata.var_names)
+    absent = [g for g in markers if g not in present]
+    if absent:
+        warnings.warn(
+            f"{len(absent)} of {len(markers)} marker genes are not in var_names and are skipped: {absent[:10]}",
+            stacklevel=2,
+        )
+        markers = [g for g in markers if g in present]
+    graphs = dict(connectivities or {})
     results = {}
     for i, (name, emb) in enumerate(embeddings.items()):
         results[name] = neighbourhood_correlation(
             adata,
-            emb,
+            None if name in graphs else emb,
+            connectivities=graphs.get(name),
             library_key=library_key,
             dataset_key=dataset_key,
             technical_covariate_keys=technical_covariate_keys,
@@ -770,4 +818,6 @@ def neighbourhood_benchmark(
         base["H13"] = np.nan
         table.loc["random_knn"] = base[table.columns]
     table.index.name = "model"
+    table.attrs["missing_markers"] = absent
+    table.attrs["marker_genes"] = markers
     return table, results
