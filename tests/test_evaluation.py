@@ -241,3 +241,41 @@ def test_no_labels_gives_label_free_only_with_a_note():
     best = best_per_family(ev.composite)
     assert list(best["metric"]) == ["bio", "batch", "total"] and set(best["best"]) == {"rvi"}
     assert set(ev.per_cell["rvi"].columns) >= {"corr_same_library", "failure_mode"}
+
+
+# ------------------------------------------------------------------ baselines
+def test_harmony_removes_a_batch_shift():
+    from rvi.evaluation.baselines import harmony_embedding
+    from rvi.metrics import batch_mixing_score
+
+    rng = np.random.default_rng(0)
+    n = 400
+    batch = np.repeat(["b0", "b1"], n // 2)
+    ctype = rng.integers(0, 2, n)
+    pcs = rng.normal(size=(n, 10)) + 6.0 * ctype[:, None] * np.eye(10)[0]
+    pcs[batch == "b1", 1] += 8.0  # a pure batch shift along PC2
+    z = harmony_embedding(pcs, pd.DataFrame({"library": batch}), "library", threads=1)
+    assert z.shape == pcs.shape and np.isfinite(z).all()
+    assert batch_mixing_score(z, batch) > batch_mixing_score(pcs, batch) + 0.3
+    single = harmony_embedding(pcs, pd.DataFrame({"library": ["b0"] * n}), "library")
+    assert np.allclose(single, pcs)
+    with pytest.raises(ValueError, match="1 cells have no 'library'"):
+        harmony_embedding(pcs, pd.DataFrame({"library": [None, *batch[1:]]}), "library")
+
+
+def test_chunked_edge_statistics_match_one_chunk(monkeypatch):
+    from rvi.metrics import neighbourhood as nb
+
+    rng = np.random.default_rng(3)
+    n = 300
+    adata = ad.AnnData(
+        X=sp.csr_matrix(rng.poisson(2.0, size=(n, 12)).astype(np.float32)),
+        obs=pd.DataFrame({"library": rng.integers(0, 3, n).astype(str)}, index=[f"c{i}" for i in range(n)]),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(12)]),
+    )
+    emb = rng.normal(size=(n, 4))
+    kw = dict(library_key="library", marker_genes=list(adata.var_names), n_neighbors=8, random_baseline=False)
+    whole = neighbourhood_correlation(adata, emb, **kw).per_cell
+    monkeypatch.setattr(nb, "_EDGE_CHUNK", 7)  # many blocks, most cells split from their neighbours' block
+    chunked = neighbourhood_correlation(adata, emb, **kw).per_cell
+    pd.testing.assert_frame_equal(whole, chunked)

@@ -211,7 +211,7 @@ def neighbour_masks(
     Without a dataset all libraries count as one dataset, so cross_dataset is empty.
     """
     C = sp.csr_matrix(connectivities)
-    rows = np.repeat(np.arange(C.shape[0]), np.diff(C.indptr))
+    rows = _edge_rows(C)
     cols = C.indices
     lib = pd.factorize(np.asarray(library))[0]
     same_lib = lib[rows] == lib[cols]
@@ -313,20 +313,36 @@ def average_profile_correlation(M: sp.csr_matrix, P: sp.csr_matrix) -> np.ndarra
 
 
 def edge_correlations(C: sp.csr_matrix, P: sp.csr_matrix) -> np.ndarray:
-    """Pearson correlation of the two endpoint profiles for every stored edge of C (CSR order)."""
+    """Pearson correlation of the two endpoint profiles for every stored edge of C (CSR order).
+
+    Chunked over edges, so the temporaries of the dot products and the moment gathering stay at
+    ``_EDGE_CHUNK`` edges whatever the graph size.
+    """
     n, g = P.shape
-    rows = np.repeat(np.arange(n), np.diff(C.indptr))
+    rows = _edge_rows(C)
     cols = C.indices
     sx, sxx = _row_moments(P)
-    dots = np.empty(len(rows))
+    out = np.empty(len(rows))
     for start in range(0, len(rows), _EDGE_CHUNK):
         stop = min(len(rows), start + _EDGE_CHUNK)
-        dots[start:stop] = np.asarray(P[rows[start:stop]].multiply(P[cols[start:stop]]).sum(axis=1)).ravel()
-    return _pearson_from_moments(dots, sx[rows], sx[cols], sxx[rows], sxx[cols], g)
+        r, c = rows[start:stop], cols[start:stop]
+        dots = np.asarray(P[r].multiply(P[c]).sum(axis=1)).ravel()
+        out[start:stop] = _pearson_from_moments(dots, sx[r], sx[c], sxx[r], sxx[c], g)
+    return out
+
+
+def _edge_rows(C: sp.csr_matrix) -> np.ndarray:
+    """Row index of every stored edge (int32 while it fits: half the memory of the default int64)."""
+    dtype = np.int32 if C.shape[0] < np.iinfo(np.int32).max else np.int64
+    return np.repeat(np.arange(C.shape[0], dtype=dtype), np.diff(C.indptr))
 
 
 def _grouped_edge_summary(rows: np.ndarray, values: np.ndarray, weights: np.ndarray, n: int) -> pd.DataFrame:
-    """Per-cell mean, median, weighted mean/median and sd of edge values (NaN edges ignored)."""
+    """Per-cell mean, median, weighted mean/median and sd of edge values (NaN edges ignored).
+
+    ``rows`` must be sorted (CSR order); the medians are taken over blocks of cells so that the sort
+    and its copies hold at most ``_EDGE_CHUNK`` edges at a time.
+    """
     ok = np.isfinite(values)
     r, v, w = rows[ok], values[ok], weights[ok]
     cnt = np.bincount(r, minlength=n).astype(np.float64)
@@ -339,25 +355,46 @@ def _grouped_edge_summary(rows: np.ndarray, values: np.ndarray, weights: np.ndar
     sd = np.where(cnt >= 2, np.sqrt(np.clip(var, 0, None)), np.nan)
     median = np.full(n, np.nan)
     wmedian = np.full(n, np.nan)
-    if len(r):
-        order = np.lexsort((v, r))
-        r, v, w = r[order], v[order], w[order]
-        starts = np.concatenate([[0], np.cumsum(cnt.astype(np.int64))[:-1]])
-        has = cnt > 0
-        c = cnt.astype(np.int64)
-        lo = starts + (c - 1) // 2
-        hi = starts + c // 2
-        median[has] = 0.5 * (v[lo[has]] + v[hi[has]])
-        cum = np.cumsum(w)
-        before = np.where(starts > 0, cum[np.maximum(starts - 1, 0)], 0.0)
-        target = before + 0.5 * wsum
-        pos = np.searchsorted(cum, target[has] * (1 - 1e-12), side="left")
-        # Rounding in the global cumulative sum must not move the pick outside the cell's own edges.
-        pos = np.clip(pos, starts[has], starts[has] + c[has] - 1)
-        wmedian[has] = v[pos]
+    c_all = cnt.astype(np.int64)
+    first = np.concatenate([[0], np.cumsum(c_all)])  # edge offset of each cell in r / v / w
+    cell = 0
+    while cell < n and len(r):
+        # A block of whole cells holding about _EDGE_CHUNK edges (at least one cell).
+        end = int(np.searchsorted(first, first[cell] + _EDGE_CHUNK, side="right")) - 1
+        end = min(max(end, cell + 1), n)
+        e0, e1 = first[cell], first[end]
+        if e1 > e0:
+            _block_medians(
+                r[e0:e1] - cell,
+                v[e0:e1],
+                w[e0:e1],
+                c_all[cell:end],
+                wsum[cell:end],
+                median[cell:end],
+                wmedian[cell:end],
+            )
+        cell = end
     return pd.DataFrame(
         {"pair_mean": mean, "pair_median": median, "pair_wmean": wmean, "pair_wmedian": wmedian, "pair_sd": sd}
     )
+
+
+def _block_medians(r, v, w, c, wsum, median, wmedian) -> None:
+    """Median and weighted median per cell of one block (``r``: cell index within the block), in place."""
+    order = np.lexsort((v, r))
+    v, w = v[order], w[order]
+    starts = np.concatenate([[0], np.cumsum(c)[:-1]])
+    has = c > 0
+    lo = starts + (c - 1) // 2
+    hi = starts + c // 2
+    median[has] = 0.5 * (v[lo[has]] + v[hi[has]])
+    cum = np.cumsum(w)
+    before = np.where(starts > 0, cum[np.maximum(starts - 1, 0)], 0.0)
+    target = before + 0.5 * wsum
+    pos = np.searchsorted(cum, target[has] * (1 - 1e-12), side="left")
+    # Rounding in the cumulative sum must not move the pick outside the cell's own edges.
+    pos = np.clip(pos, starts[has], starts[has] + c[has] - 1)
+    wmedian[has] = v[pos]
 
 
 def _hist_overlap(a: np.ndarray, b: np.ndarray, bins: int = 50) -> float:
@@ -412,7 +449,7 @@ def _per_cell_table(
     C: sp.csr_matrix, P: sp.csr_matrix, masks: dict[str, np.ndarray], targets: dict[str, np.ndarray]
 ) -> pd.DataFrame:
     n = C.shape[0]
-    rows = np.repeat(np.arange(n), np.diff(C.indptr))
+    rows = _edge_rows(C)
     degree = np.diff(C.indptr).astype(np.int64)
     ecorr = edge_correlations(C, P)
     cols: dict[str, np.ndarray] = {"degree": degree}
