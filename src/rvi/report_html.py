@@ -68,7 +68,11 @@ def _img(png: bytes, alt: str) -> str:
 def _table(frame: pd.DataFrame, caption: str | None = None, max_rows: int = 60) -> str:
     shown = frame.head(max_rows)
     body = shown.to_html(
-        float_format=lambda v: f"{v:.3g}" if np.isfinite(v) else "NaN", na_rep="NaN", border=0, escape=True
+        float_format=lambda v: f"{v:.3g}" if np.isfinite(v) else "NaN",
+        na_rep="NaN",
+        border=0,
+        escape=True,
+        index_names=False,
     )
     more = f"<p class='missing'>{len(frame) - max_rows} more rows in the CSV</p>" if len(frame) > max_rows else ""
     cap = f"<p><b>{html.escape(caption)}</b></p>" if caption else ""

@@ -66,8 +66,15 @@ STAGES = (
     "integrated_output",
     "notebook",
     "ground_truth_report",
+    "baseline_pca",
+    "baseline_harmony",
+    "baseline_scvi",
+    "evaluate",
+    "report",
 )
-GPU_STAGES = ("train_rna", "train_multimodal")
+GPU_STAGES = ("train_rna", "train_multimodal", "baseline_scvi")
+#: GPU stages that train an rvi model from a section with model / training / metrics (training_problems).
+RVI_TRAINING_STAGES = ("train_rna", "train_multimodal")
 #: Built-in resource defaults under ``resources.default`` (the config overrides them key by key).
 DEFAULT_RESOURCES = {
     "threads": 1,
@@ -97,9 +104,20 @@ _SHARED_SECTIONS = {
     "train_multimodal": ("covariates", "labels"),
     "integrated_output": (),
     "ground_truth_report": ("labels", "select_cres", "covariates"),
+    "baseline_pca": ("covariates",),
+    "baseline_harmony": ("covariates",),
+    "baseline_scvi": ("covariates",),
+    "evaluate": ("covariates", "labels"),
+    "report": ("covariates", "labels"),
 }
 #: Stages whose own config section has another name.
-_OWN_SECTION = {"ground_truth_report": "ground_truth"}
+_OWN_SECTION = {
+    "ground_truth_report": "ground_truth",
+    "baseline_pca": "evaluate",
+    "baseline_harmony": "evaluate",
+    "baseline_scvi": "evaluate",
+    "report": "evaluate",
+}
 
 
 class ConfigError(ValueError):
@@ -286,7 +304,9 @@ def _device_count(devices) -> int | None:
     return None
 
 
-def training_problems(cfg: Mapping, stages: tuple[str, ...] = GPU_STAGES, key_prefix: str | None = None) -> list[str]:
+def training_problems(
+    cfg: Mapping, stages: tuple[str, ...] = RVI_TRAINING_STAGES, key_prefix: str | None = None
+) -> list[str]:
     """Cross-key checks of the training stages' sections (also run on each sweep experiment's merged section).
 
     * ``metrics.label_level`` must be one of ``labels.levels``.
@@ -759,6 +779,9 @@ def _active_stages(cfg: Mapping) -> list[str]:
         skip |= {"load_atac", "merge_atac", "select_cres", "train_multimodal"}
     if not (cfg["ground_truth"]["cells"] or cfg["ground_truth"]["cres"]):
         skip.add("ground_truth_report")
+    skip |= {f"baseline_{b}" for b in ("pca", "harmony", "scvi") if b not in cfg["evaluate"]["baselines"]}
+    if "harmony" in cfg["evaluate"]["baselines"]:
+        skip.discard("baseline_pca")  # Harmony corrects the PCA baseline's components
     return [s for s in STAGES if s not in skip]
 
 

@@ -136,6 +136,21 @@ def notebook(name):
     return out(f"notebooks/{name}.ipynb")
 
 
+# Evaluation (rules in evaluate.smk): baselines on the RNA model's cells and genes, then every embedding.
+BASELINES = list(CFG["evaluate"]["baselines"])
+BASELINE_EMBEDDINGS = {name: out(f"baselines/{name}.parquet") for name in ("pca", "harmony", "scvi")}
+EVALUATION = {
+    "scib": out("metrics/scib.csv"),
+    "headline": out("metrics/neighbourhood_headline.csv"),
+    "composite": out("metrics/composite.csv"),
+    "per_cell": out("metrics/per_cell"),
+    "heatmap_png": out("metrics/metric_heatmap.png"),
+    "correlation_png": out("metrics/correlation_umaps.png"),
+    "isolation_png": out("metrics/isolation_bars.png"),
+    "failure_png": out("metrics/failure_modes.png"),
+}
+
+
 TARGETS = {
     "qc": [
         out("rna.h5ad"),
@@ -167,6 +182,8 @@ TARGETS = {
     ),
     "ground_truth": [out("ground_truth_report.csv"), notebook("ground_truth_report")] if GROUND_TRUTH else [],
     "integrated": [out("integrated.h5ad"), *([out("integrated.h5mu")] if ATAC else [])],
+    "evaluate": [*EVALUATION.values(), notebook("evaluate")],
+    "report": [out("report.html")],
 }
 
 # The stage outputs each notebook reads (papermill parameters of the same names).
@@ -189,6 +206,7 @@ NOTEBOOK_INPUTS = {
         "rna_latent": RNA_MODEL["latent"],
     },
     "ground_truth_report": {"report": out("ground_truth_report.csv")},
+    "evaluate": {k: v for k, v in EVALUATION.items()},
 }
 
 
@@ -305,4 +323,57 @@ def integrated_inputs(wildcards):
     if ATAC:
         inputs["atac"] = out("atac.h5ad")
         inputs |= {f"mm_{k}": MULTIMODAL_MODEL[k] for k in ("latent", "modality_latents", "umap", "leiden")}
+    return inputs
+
+
+def baseline_params(name):
+    """The evaluate settings one baseline reads (a change elsewhere in evaluate: does not retrain it)."""
+    spec = CFG["evaluate"]
+    own = {"pca": ["pca"], "harmony": ["harmony"], "scvi": ["scvi"]}[name]
+    return canonical({"evaluate": {**{k: spec[k] for k in own}, "seed": spec["seed"]}, "covariates": CFG["covariates"]})
+
+
+def evaluate_inputs(wildcards):
+    """Counts and cells of the RNA model, its UMAP (the layout of the correlation UMAPs), every embedding."""
+    inputs = {
+        "rna": out("rna.h5ad"),
+        "cells": RNA_MODEL["cells"],
+        "umap": RNA_MODEL["umap"],
+        "emb_rvi_rna": RNA_MODEL["latent"],
+    }
+    if ATAC:
+        inputs["emb_rvi_multimodal"] = MULTIMODAL_MODEL["latent"]
+        inputs["modality_latents"] = MULTIMODAL_MODEL["modality_latents"]
+    inputs |= {f"emb_{name}": BASELINE_EMBEDDINGS[name] for name in BASELINES}
+    for name, source in CFG["evaluate"]["external"].items():
+        path = source if isinstance(source, str) else source["path"]
+        inputs[f"ext_{name}"] = path.rsplit(":", 1)[0] if ".h5ad:" in path else path
+    return inputs
+
+
+def report_params():
+    return canonical({k: CFG[k] for k in ("study", "modalities", "covariates", "labels")})
+
+
+def report_inputs(wildcards):
+    """Every stage's key outputs that the study report shows."""
+    inputs = {
+        "rna": out("rna.h5ad"),
+        "qc_summary": out("qc_summary.csv"),
+        "cells": RNA_MODEL["cells"],
+        "rna_curves_png": RNA_MODEL["curves_png"],
+        "rna_umap_png": RNA_MODEL["umap_png"],
+        "purity": out("annotation_purity.csv"),
+        **{k: v for k, v in EVALUATION.items()},
+    }
+    if ATAC:
+        inputs |= {
+            "atac_qc": out("atac_qc.csv"),
+            "cre_heatmap": out("cre_heatmap.png"),
+            "mm_curves_png": MULTIMODAL_MODEL["curves_png"],
+            "mm_umap_png": MULTIMODAL_MODEL["umap_png"],
+            "attribution_png": MULTIMODAL_MODEL["attribution_png"],
+        }
+    if GROUND_TRUTH:
+        inputs["ground_truth"] = out("ground_truth_report.csv")
     return inputs

@@ -8,9 +8,11 @@ Heavy libraries are imported inside the functions so that parsing the Snakefile 
 Modules: :mod:`~rvi.stages.inputs` (demo data, loading, merges, Scrublet),
 :mod:`~rvi.stages.models` (train_rna, train_multimodal and their helpers),
 :mod:`~rvi.stages.labels` (annotate, select_cres), :mod:`~rvi.stages.export` (the integrated .h5ad / .h5mu),
-:mod:`~rvi.stages.report` (ground truth, notebooks).
+:mod:`~rvi.stages.report` (ground truth, notebooks), :mod:`~rvi.stages.evaluate` (baselines, evaluate, the
+HTML study report).
 """
 
+from rvi.stages.evaluate import baseline_harmony, baseline_pca, baseline_scvi, evaluate, study_report
 from rvi.stages.export import integrated_output
 from rvi.stages.inputs import demo_data, load_atac, load_rna, merge_atac, merge_rna, merge_scrublet, scrublet
 from rvi.stages.labels import annotate, annotation_groups, select_cres
@@ -48,15 +50,24 @@ STAGE_FUNCTIONS = {
     "ground_truth_report": ground_truth_report,
     "notebook": notebook,
     "sweep_metrics": sweep_metrics,
+    "baseline_pca": baseline_pca,
+    "baseline_harmony": baseline_harmony,
+    "baseline_scvi": baseline_scvi,
+    "evaluate": evaluate,
+    "report": study_report,
 }
 
 __all__ = [
     "STAGE_FUNCTIONS",
     "annotate",
     "annotation_groups",
+    "baseline_harmony",
+    "baseline_pca",
+    "baseline_scvi",
     "build_multiome",
     "cell_qc_table",
     "demo_data",
+    "evaluate",
     "finest_label",
     "ground_truth_report",
     "history_frame",
@@ -77,6 +88,7 @@ __all__ = [
     "select_cres",
     "select_genes",
     "stratified_split",
+    "study_report",
     "sweep_metrics",
     "sweep_table",
     "train_multimodal",

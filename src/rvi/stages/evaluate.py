@@ -120,14 +120,17 @@ def evaluate(
     cfg: Mapping,
     modality_latents: str | None = None,
     threads: int = 1,
-    **embeddings: str,
+    **inputs: str,
 ) -> None:
-    """Score every embedding of the study (``emb_<name>`` inputs, multimodal slices, external ones)."""
+    """Score every embedding of the study: the ``emb_<name>`` inputs, the multimodal model's per-modality
+    slices and the external ones of ``evaluate.external`` (declared as ``ext_<name>`` inputs so that a
+    changed file reruns the stage; read from the config's source)."""
     from rvi.evaluation import plots
     from rvi.evaluation.embeddings import align_embedding
     from rvi.evaluation.scoring import score_embeddings
 
     spec, cov, levels = cfg["evaluate"], cfg["covariates"], cfg["labels"]["levels"]
+    embeddings = {k: v for k, v in inputs.items() if k.startswith("emb_")}
     tables = collect_embeddings(embeddings, spec["external"], modality_latents)
     adata = evaluation_data(rna, cells)
     # Score on the cells every workflow model has (the multimodal model may lose cells without ATAC).
