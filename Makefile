@@ -23,6 +23,9 @@ demo: $(STAMP)
 	$(BIN)/snakemake --snakefile workflow/Snakefile --cores $(CORES) --configfile config/demo.yaml
 
 test: $(STAMP)
+	@# The report's browser test uses Chromium; as root with apt-get, install it quietly if missing (never fatal).
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		{ apt-get update -qq && apt-get install -y -qq chromium; } >/dev/null 2>&1 || true; fi
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -rs
 
 # The demo through profiles/slurm on a one-node SLURM cluster started on this machine (needs root and
