@@ -148,14 +148,39 @@ def select_marker_genes(
 # --------------------------------------------------------------------------------------------------
 # graph and masks
 # --------------------------------------------------------------------------------------------------
-def knn_connectivities(embedding: np.ndarray, n_neighbors: int = 15, n_jobs: int = 1) -> sp.csr_matrix:
-    """Symmetric UMAP/scanpy-style connectivities of an exact kNN graph, diagonal removed."""
+#: Above this many cells the kNN search is approximate (pynndescent): exact search is O(n^2).
+EXACT_KNN_MAX_CELLS = 50_000
+
+
+def knn_connectivities(embedding: np.ndarray, n_neighbors: int = 15, n_jobs: int = 1, seed: int = 0) -> sp.csr_matrix:
+    """Symmetric UMAP/scanpy-style connectivities of a kNN graph, diagonal removed.
+
+    Exact search up to :data:`EXACT_KNN_MAX_CELLS` cells, pynndescent (what scanpy uses) above.
+    """
     n = embedding.shape[0]
     k = min(n_neighbors, n - 1)
     if k < 1:
         raise ValueError("need at least two cells to build a kNN graph")
-    idx, dist = exact_knn(embedding, k + 1, n_jobs=n_jobs)
+    if n > EXACT_KNN_MAX_CELLS:
+        idx, dist = _approximate_knn(np.asarray(embedding, dtype=np.float32), k + 1, n_jobs, seed)
+    else:
+        idx, dist = exact_knn(embedding, k + 1, n_jobs=n_jobs)
     return _drop_diagonal(umap_connectivities(idx, dist))
+
+
+def _approximate_knn(X: np.ndarray, k: int, n_jobs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from pynndescent import NNDescent
+
+    index = NNDescent(X, n_neighbors=k, random_state=seed, n_jobs=n_jobs, low_memory=True)
+    idx, dist = index.neighbor_graph
+    # Self in column 0, as exact_knn gives it (umap_connectivities zeroes self edges either way).
+    rows = np.arange(X.shape[0])
+    swap = idx[:, 0] != rows
+    if swap.any():
+        idx[swap, 1:] = idx[swap, :-1]
+        dist[swap, 1:] = dist[swap, :-1]
+        idx[swap, 0], dist[swap, 0] = rows[swap], 0.0
+    return idx, dist.astype(np.float32)
 
 
 def _drop_diagonal(C) -> sp.csr_matrix:
@@ -614,7 +639,7 @@ def neighbourhood_correlation(
     technical = {k: obs[k].to_numpy() for k in tech_keys}
 
     if connectivities is None:
-        C = knn_connectivities(np.asarray(embedding), n_neighbors=n_neighbors, n_jobs=n_jobs)
+        C = knn_connectivities(np.asarray(embedding), n_neighbors=n_neighbors, n_jobs=n_jobs, seed=seed)
     else:
         C = _drop_diagonal(connectivities)
     if C.shape != (adata.n_obs, adata.n_obs):
