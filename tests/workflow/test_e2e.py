@@ -35,7 +35,7 @@ DOWNSTREAM = {
     "evaluate",
     "report",
 }
-EMBEDDINGS = ["rvi_rna", "rvi_multimodal", "pca", "harmony", "scvi", "rvi_multimodal_atac", "rvi_multimodal_rna"]
+EMBEDDINGS = ["rvi_rna", "rvi_multimodal", "rvi_multimodal_atac", "rvi_multimodal_rna", "pca", "harmony", "scvi"]
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:

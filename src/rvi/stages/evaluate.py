@@ -93,9 +93,12 @@ def collect_embeddings(inputs: Mapping[str, str], external: Mapping, modality_la
     """name -> cells x dims table: the ``emb_<name>`` inputs, the multimodal slices, the external ones."""
     from rvi.evaluation.embeddings import modality_slices, read_embedding
 
-    tables = {key.removeprefix("emb_"): pd.read_parquet(path) for key, path in inputs.items()}
-    if modality_latents:
-        tables |= modality_slices(pd.read_parquet(modality_latents), "rvi_multimodal")
+    tables = {}
+    for key, path in inputs.items():
+        tables[key.removeprefix("emb_")] = pd.read_parquet(path)
+        if key == "emb_rvi_multimodal" and modality_latents:
+            # The per-modality slices right after the joint latent they belong to.
+            tables |= modality_slices(pd.read_parquet(modality_latents), "rvi_multimodal")
     for name, source in external.items():
         if name in tables:
             raise ValueError(f"evaluate.external: {name!r} is already the name of a workflow embedding")
