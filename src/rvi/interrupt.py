@@ -5,7 +5,7 @@ Snakemake runs a rule's ``run:`` block in a worker thread of the job process (``
 install handlers, so a SIGINT or SIGTERM never reached the training loop: the job trained on to
 ``max_epochs`` (and then had its outputs discarded as incomplete), or outlived Snakemake as an orphan.
 
-:func:`run_stage_process` (used by :func:`rvi.workflow.run_rule` for the training stages) therefore
+:func:`run_stage_process` (used by :func:`rvi.workflow.runner.run_rule` for the training stages) therefore
 runs the stage in a child process of its own. In the child's main thread :func:`install_handlers`
 turns SIGINT / SIGTERM into :class:`StageInterrupted`, raised at once (Python runs handlers between
 bytecodes, so at most the current minibatch's operation finishes). The exception is not a
@@ -24,6 +24,9 @@ import signal
 import subprocess
 import sys
 import time
+
+from rvi._process import resolve, thread_limits
+from rvi.distributed import ddp_ranks
 
 __all__ = ["StageInterrupted", "install_handlers", "run_stage_process"]
 
@@ -65,12 +68,15 @@ def _die_with_parent() -> None:
         return
 
 
-def run_stage_process(stage: str, kwargs: dict, outputs: dict, threads: int) -> None:
-    """Run ``stage`` in a child process (output to this process's stdout/stderr, i.e. the job's log).
+def run_stage_process(stage: str, function: str, kwargs: dict, outputs: dict, threads: int) -> None:
+    """Run ``stage`` (its ``"module:function"``) in a child process (output to this process's stdout/stderr,
+    i.e. the job's log).
 
     Raises RuntimeError when the child fails or is interrupted; the child's log lines say why.
     """
-    spec = json.dumps({"stage": stage, "kwargs": kwargs, "outputs": outputs, "threads": int(threads)})
+    spec = json.dumps(
+        {"stage": stage, "function": function, "kwargs": kwargs, "outputs": outputs, "threads": int(threads)}
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     env = {**os.environ, CHILD_ENV: "1"}
@@ -97,18 +103,15 @@ def run_stage_process(stage: str, kwargs: dict, outputs: dict, threads: int) -> 
 def _child_main() -> int:
     import traceback
 
-    from rvi import stages
-    from rvi.stages.distributed import ddp_ranks
-    from rvi.workflow import thread_limits
-
     install_handlers()
     _die_with_parent()
     spec = json.loads(sys.stdin.read())
     stage, kwargs, threads = spec["stage"], spec["kwargs"], spec["threads"]
     start = time.time()
     try:
-        with thread_limits(threads), ddp_ranks(stage, kwargs, spec["outputs"], threads):
-            stages.STAGE_FUNCTIONS[stage](**kwargs, threads=threads)
+        func = resolve(spec["function"])
+        with thread_limits(threads), ddp_ranks(stage, spec["function"], kwargs, spec["outputs"], threads):
+            func(**kwargs, threads=threads)
     except StageInterrupted as exc:
         print(
             f"[rvi] stage {stage} {exc} after {time.time() - start:.1f} s: stopped, no output written "

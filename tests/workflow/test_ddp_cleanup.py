@@ -12,11 +12,12 @@ from tests.workflow import REPO
 SCRIPT = textwrap.dedent(
     """
     import time
-    from rvi.stages.distributed import ddp_ranks
+    from rvi.distributed import ddp_ranks
 
     cfg = {"train_rna": {"training": {"devices": 2, "strategy": "ddp"}}}
     # The worker rank runs train_rna with these (bogus) arguments, fails at once, and the watchdog stops the job.
-    with ddp_ranks("train_rna", {"cfg": cfg, "rna": "missing.h5ad"}, {"latent": "out/latent.parquet"}):
+    kwargs = {"cfg": cfg, "rna": "missing.h5ad"}
+    with ddp_ranks("train_rna", "rvi.stages.models:train_rna", kwargs, {"latent": "out/latent.parquet"}):
         time.sleep(60)
     """
 )

@@ -32,8 +32,8 @@ DOWNSTREAM = {
     "baseline_pca",
     "baseline_harmony",
     "baseline_scvi",
-    "evaluate",
-    "report",
+    "score_embeddings",
+    "study_report",
 }
 EMBEDDINGS = ["rvi_rna", "rvi_multimodal", "rvi_multimodal_atac", "rvi_multimodal_rna", "pca", "harmony", "scvi"]
 

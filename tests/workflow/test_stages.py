@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from rvi import stages
-from rvi.stages import report
+from rvi.stages import labels, models, report
 
 
 def obs_frame(n: int = 200, seed: int = 0) -> pd.DataFrame:
@@ -30,21 +29,21 @@ def obs_frame(n: int = 200, seed: int = 0) -> pd.DataFrame:
 
 def test_stratified_split_covers_every_label_library_stratum():
     obs = obs_frame()
-    label = stages.finest_label(obs, ["coarse", "fine"])
-    train, val = stages.stratified_split(obs, label, "library", 0.2, seed=1)
+    label = models.finest_label(obs, ["coarse", "fine"])
+    train, val = models.stratified_split(obs, label, "library", 0.2, seed=1)
     assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == len(obs)
     strata = label.fillna("none").astype(str) + obs["library"]
     big = strata.value_counts()[lambda s: s >= 5].index
     assert set(strata.iloc[val]) >= set(big)
     assert abs(len(val) / len(obs) - 0.2) < 0.05
-    again = stages.stratified_split(obs, label, "library", 0.2, seed=1)
+    again = models.stratified_split(obs, label, "library", 0.2, seed=1)
     assert np.array_equal(again[1], val)
 
 
 def test_finest_label_prefers_finer_levels():
     obs = pd.DataFrame({"l1": ["A", "A", None], "l2": ["A1", None, None]})
-    assert stages.finest_label(obs, ["l1", "l2"]).tolist()[:2] == ["A1", "A"]
-    assert pd.isna(stages.finest_label(obs, ["l1", "l2"]).iloc[2])
+    assert models.finest_label(obs, ["l1", "l2"]).tolist()[:2] == ["A1", "A"]
+    assert pd.isna(models.finest_label(obs, ["l1", "l2"]).iloc[2])
 
 
 def test_cell_qc_per_dataset_thresholds_and_doublets():
@@ -57,7 +56,7 @@ def test_cell_qc_per_dataset_thresholds_and_doublets():
         "default": {"min_counts": 1000, "max_mt_frac": 0.3, "remove_predicted_doublets": True},
         "per_dataset": {"d2": {"min_counts": 100, "remove_predicted_doublets": False}},
     }
-    table = stages.cell_qc_table(obs, cell_qc, "dataset", scr)
+    table = models.cell_qc_table(obs, cell_qc, "dataset", scr)
     d1 = (obs["dataset"] == "d1").to_numpy()
     expect_d1 = (obs["total_counts"] >= 1000) & (obs["mt_frac"] <= 0.3) & ~scr["predicted_doublet"]
     expect_d2 = (obs["total_counts"] >= 100) & (obs["mt_frac"] <= 0.3)
@@ -71,8 +70,8 @@ def test_knn_roundtrip(tmp_path):
     names = pd.Index([f"c{i}" for i in range(5)])
     conn = sp.random(5, 5, density=0.4, format="csr", random_state=0)
     dist = sp.random(5, 5, density=0.4, format="csr", random_state=1)
-    stages.save_knn(tmp_path / "knn.npz", names, conn, dist, 3)
-    got_names, got_conn, got_dist = stages.load_knn(tmp_path / "knn.npz")
+    models.save_knn(tmp_path / "knn.npz", names, conn, dist, 3)
+    got_names, got_conn, got_dist = models.load_knn(tmp_path / "knn.npz")
     assert got_names.equals(names)
     assert (got_conn != conn).nnz == 0 and (got_dist != dist).nnz == 0
 
@@ -83,17 +82,17 @@ def test_history_frame_and_curves(tmp_path):
         "elbo_validation": pd.DataFrame({"elbo_validation": [3.2, 2.4, 2.0]}),
         "kl_weight": pd.DataFrame({"kl_weight": [0.1, 0.2, 0.3]}),
     }
-    frame = stages.history_frame(history)
+    frame = models.history_frame(history)
     assert list(frame.columns) == ["elbo_train", "elbo_validation", "kl_weight"] and len(frame) == 3
-    stages.plot_training_curves(frame, tmp_path / "curves.png", "t")
+    models.plot_training_curves(frame, tmp_path / "curves.png", "t")
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_annotation_groups_fall_back_to_coarser_levels():
     table = pd.DataFrame({"cluster": ["0", "1", "2"], "l1": ["A", "B", None], "l2": ["A1", None, None]})
-    groups, level = stages.annotation_groups(table, ["l1", "l2"], None)
+    groups, level = labels.annotation_groups(table, ["l1", "l2"], None)
     assert level == "l2" and groups.tolist()[:2] == ["A1", "B"] and pd.isna(groups.iloc[2])
-    groups, level = stages.annotation_groups(table, [], None)
+    groups, level = labels.annotation_groups(table, [], None)
     assert level == "cluster" and groups.tolist() == ["0", "1", "2"]
 
 

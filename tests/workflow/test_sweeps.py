@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from rvi.stages.report import sweep_metrics, sweep_table
-from rvi.sweeps import deep_merge, experiment_config, flatten_overrides, sweep_params
+from rvi.stages.report import flatten_overrides, sweep_metrics, sweep_table
 from rvi.workflow import ConfigError, load_config, stage_params
+from rvi.workflow.sweeps import deep_merge, experiment_config, sweep_params
 from tests.workflow.test_config import REPO, rows, write_sheet
 from tests.workflow.test_dag import dry_run
 from tests.workflow.test_e2e import job_counts

@@ -1,5 +1,5 @@
 """training.devices / training.strategy: schema, start-time checks against the job's GPUs, pass-through to
-Model.train(), and the DDP rank bookkeeping of rvi.stages.distributed."""
+Model.train(), and the DDP rank bookkeeping of rvi.distributed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from rvi.stages import distributed
+from rvi import distributed
 from rvi.stages.models import _build_and_train, _train_kwargs
 from rvi.workflow import ConfigError, load_config, training_problems, validate_config
 from tests.workflow.test_config import REPO
@@ -144,14 +144,16 @@ def test_stage_passes_devices_and_strategy_to_model_train(counts_adata, monkeypa
 def test_ddp_ranks_is_a_no_op_for_single_process_and_other_stages():
     cfg = validate_config(tiny_config())
     kwargs = {"cfg": {"train_rna": cfg["train_rna"]}}
-    assert type(distributed.ddp_ranks("train_rna", kwargs, {})).__name__ == "nullcontext"
-    assert type(distributed.ddp_ranks("annotate", {"cfg": {}}, {})).__name__ == "nullcontext"
+    assert type(distributed.ddp_ranks("train_rna", "rvi.stages.models:train_rna", kwargs, {})).__name__ == "nullcontext"
+    assert (
+        type(distributed.ddp_ranks("annotate", "rvi.stages.labels:annotate", {"cfg": {}}, {})).__name__ == "nullcontext"
+    )
 
 
 def test_worker_entry_point_refuses_to_run_outside_ddp_ranks(monkeypatch, capsys):
     monkeypatch.delenv(distributed.WORKER_ENV, raising=False)
     assert distributed.main(["spec.json"]) == 2
-    assert "started by rvi.stages.distributed.ddp_ranks" in capsys.readouterr().out
+    assert "started by rvi.distributed.ddp_ranks" in capsys.readouterr().out
 
 
 def test_a_failing_rank_stops_the_job_with_its_log(tmp_path):
@@ -179,8 +181,8 @@ def test_a_failing_rank_stops_the_job_with_its_log(tmp_path):
     kwargs |= inputs | outputs
     script = f"""
 import time
-from rvi.stages.distributed import ddp_ranks
-with ddp_ranks("train_rna", {kwargs!r}, {outputs!r}, 2):
+from rvi.distributed import ddp_ranks
+with ddp_ranks("train_rna", "rvi.stages.models:train_rna", {kwargs!r}, {outputs!r}, 2):
     time.sleep(120)
 print("rank 0 was not stopped")
 """

@@ -7,7 +7,7 @@ rule load_atac:
         unpack(atac_reference_inputs),
         rna=out("rna.h5ad"),
     output:
-        h5ad=out("atac/{sample}.h5ad"),
+        **OUTPUTS["load_atac"],
     log:
         log_path("load_atac/{sample}"),
     benchmark:
@@ -26,8 +26,7 @@ rule merge_atac:
     input:
         samples=per_sample("atac/{sample}.h5ad"),
     output:
-        atac=out("atac.h5ad"),
-        atac_qc=out("atac_qc.csv"),
+        **OUTPUTS["merge_atac"],
     log:
         log_path("merge_atac"),
     benchmark:

@@ -1,33 +1,34 @@
 # Shared wiring: validated config, output paths, sample-sheet lookups. Functions only (no rules).
-# All logic lives in rvi.workflow (config, resources) and rvi.stages (what each rule does).
+# All logic lives in rvi.workflow (config, resources, the stage registry) and rvi.stages (what each rule does).
 
 import re
 from pathlib import Path
 
 from rvi.workflow import (
     PATH_COLUMNS,
-    ResourceTable,
+    REGISTRY,
     canonical,
     existing_inputs,
+    get_stage,
     libraries,
-    load_config,
+    load_study,
     read_samples,
     run_rule,
     sample_sheet_path,
     stage_params,
     work_relative,
 )
-from rvi.sweeps import sweep_experiments, sweep_params, sweep_stage
+from rvi.workflow.registry import stage_active, stage_outputs
+from rvi.workflow.sweeps import sweep_experiments, sweep_params, sweep_stage
 
 # Stops here, before any job, with a message naming every bad key/value or sample-sheet problem.
-CFG = load_config(config)
-RES = ResourceTable(CFG)
+CFG, RES = load_study(config)
 OUT = f"{CFG['results_dir']}/{CFG['study']}"
 ATAC = "atac" in CFG["modalities"]
 DEMO = CFG["demo_data"]["generate"]
 DEMO_DIR = CFG["demo_data"]["outdir"]
 NOTEBOOK_DIR = Path(workflow.basedir).parent / "notebooks"
-GROUND_TRUTH = bool(CFG["ground_truth"]["cells"] or CFG["ground_truth"]["cres"])
+GROUND_TRUTH = stage_active("ground_truth_report", CFG)
 
 
 def out(path):
@@ -102,120 +103,44 @@ def threads_of(stage):
     return RES.threads(stage)
 
 
-# Files of the model directories (the saved model itself is a separate directory() output).
-RNA_MODEL_DIR = out("rna_model/model")
-MULTIMODAL_MODEL_DIR = out("multimodal_model/model")
-RNA_MODEL = {
-    "latent": out("rna_model/latent.parquet"),
-    "umap": out("rna_model/umap.parquet"),
-    "leiden": out("rna_model/leiden.csv"),
-    "knn": out("rna_model/knn.npz"),
-    "metrics": out("rna_model/metrics.csv"),
-    "cells": out("rna_model/cells.csv"),
-    "genes": out("rna_model/genes.csv"),
-    "history": out("rna_model/history.csv"),
-    "curves_png": out("rna_model/training_curves.png"),
-    "umap_png": out("rna_model/umap.png"),
-}
-MULTIMODAL_MODEL = {
-    "latent": out("multimodal_model/latent.parquet"),
-    "modality_latents": out("multimodal_model/modality_latents.parquet"),
-    "umap": out("multimodal_model/umap.parquet"),
-    "leiden": out("multimodal_model/leiden.csv"),
-    "knn": out("multimodal_model/knn.npz"),
-    "metrics": out("multimodal_model/metrics.csv"),
-    "attribution": out("multimodal_model/attribution.parquet"),
-    "history": out("multimodal_model/history.csv"),
-    "curves_png": out("multimodal_model/training_curves.png"),
-    "umap_png": out("multimodal_model/umap.png"),
-    "attribution_png": out("multimodal_model/attribution_scatter.png"),
-}
-
-
 def notebook(name):
     return out(f"notebooks/{name}.ipynb")
 
 
-# Evaluation (rules in evaluate.smk): baselines on the RNA model's cells and genes, then every embedding.
-BASELINES = list(CFG["evaluate"]["baselines"])
-BASELINE_EMBEDDINGS = {name: out(f"baselines/{name}.parquet") for name in ("pca", "harmony", "scvi")}
-EVALUATION = {
-    "scib": out("metrics/scib.csv"),
-    "headline": out("metrics/neighbourhood_headline.csv"),
-    "composite": out("metrics/composite.csv"),
-    "per_cell": out("metrics/per_cell"),
-    "heatmap_png": out("metrics/metric_heatmap.png"),
-    "correlation_png": out("metrics/correlation_umaps.png"),
-    "isolation_png": out("metrics/isolation_bars.png"),
-    "failure_png": out("metrics/failure_modes.png"),
-}
+def _rule_output(o):
+    return directory(out(o.path.rstrip("/"))) if o.is_dir else out(o.path)
 
 
-TARGETS = {
-    "qc": [
-        out("rna.h5ad"),
-        out("qc_summary.csv"),
-        out("scrublet.csv"),
-        notebook("merge_rna"),
-        notebook("scrublet"),
-    ],
-    "atac": [out("atac.h5ad"), out("atac_qc.csv"), notebook("load_atac")] if ATAC else [],
-    "rna": [
-        RNA_MODEL_DIR,
-        *RNA_MODEL.values(),
-        out("annotation.csv"),
-        out("annotation_purity.csv"),
-        notebook("train_rna"),
-        notebook("annotate"),
-    ],
-    "multimodal": (
-        [
-            out("cres.csv"),
-            out("cre_heatmap.png"),
-            MULTIMODAL_MODEL_DIR,
-            *MULTIMODAL_MODEL.values(),
-            notebook("select_cres"),
-            notebook("train_multimodal"),
-        ]
-        if ATAC
-        else []
-    ),
-    "ground_truth": [out("ground_truth_report.csv"), notebook("ground_truth_report")] if GROUND_TRUTH else [],
-    "integrated": [out("integrated.h5ad"), *([out("integrated.h5mu")] if ATAC else [])],
-    "evaluate": [*EVALUATION.values(), notebook("evaluate")],
-    "report": [out("report.html")],
-}
+# Each stage's outputs from the registry, as its Snakemake rule declares them with
+# `output: **OUTPUTS["<stage>"]` (outputs needing a modality the study lacks are left out).
+# FILES: the same paths as plain strings (inputs of other rules).
+OUTPUTS = {s.name: {k: _rule_output(o) for k, o in stage_outputs(s.name, CFG).items()} for s in REGISTRY}
+FILES = {s.name: {k: out(o.path.rstrip("/")) for k, o in s.outputs.items()} for s in REGISTRY}
+RNA_MODEL = FILES["train_rna"]
+MULTIMODAL_MODEL = FILES["train_multimodal"]
 
-# The stage outputs each notebook reads (papermill parameters of the same names).
-NOTEBOOK_INPUTS = {
-    "merge_rna": {"rna": out("rna.h5ad"), "qc_summary": out("qc_summary.csv")},
-    "scrublet": {"rna": out("rna.h5ad"), "scrublet": out("scrublet.csv")},
-    "load_atac": {"atac_qc": out("atac_qc.csv")},
-    "train_rna": {"rna": out("rna.h5ad"), **{k: RNA_MODEL[k] for k in ("umap", "leiden", "metrics", "cells", "history")}},
-    "annotate": {
-        "rna": out("rna.h5ad"),
-        "annotation": out("annotation.csv"),
-        "purity": out("annotation_purity.csv"),
-        "umap": RNA_MODEL["umap"],
-        "cells": RNA_MODEL["cells"],
-    },
-    "select_cres": {"cres": out("cres.csv"), "heatmap": out("cre_heatmap.png")},
-    "train_multimodal": {
-        **{k: MULTIMODAL_MODEL[k] for k in ("umap", "leiden", "metrics", "attribution", "history", "modality_latents")},
-        "annotation": out("annotation.csv"),
-        "rna_latent": RNA_MODEL["latent"],
-    },
-    "ground_truth_report": {"report": out("ground_truth_report.csv")},
-    "evaluate": {k: v for k, v in EVALUATION.items()},
-}
+# `snakemake <group>` targets: the wildcard-free outputs, extra targets and notebook of every stage the study runs.
+TARGETS = {}
+for _stage in REGISTRY:
+    if _stage.target is None:
+        continue
+    _files = TARGETS.setdefault(_stage.target, [])
+    if stage_active(_stage, CFG):
+        _files += [out(o.path.rstrip("/")) for o in stage_outputs(_stage.name, CFG).values() if not o.has_wildcards]
+        _files += [out(path) for path in (_stage.extra_targets(CFG) if _stage.extra_targets else [])]
+        _files += [notebook(_stage.notebook)] if _stage.notebook else []
+# Every group (`rule all`); the sweep group below is run on request only.
+ALL_TARGETS = [path for files in TARGETS.values() for path in files]
+
+# The stage outputs each notebook reads (papermill parameters of the same names), and its stage.
+NOTEBOOK_STAGE = {s.notebook: s for s in REGISTRY if s.notebook}
+NOTEBOOK_INPUTS = {name: {k: out(v) for k, v in s.notebook_inputs.items()} for name, s in NOTEBOOK_STAGE.items()}
 
 
 def notebook_params(wildcards):
-    """Extra papermill parameters of one notebook (the QC notebook draws the cell-QC thresholds)."""
-    if wildcards.notebook == "merge_rna":
-        qc = CFG["train_rna"]["cell_qc"]
-        return canonical({"qc_thresholds": {"default": qc["default"], **qc["per_dataset"]}})
-    return {}
+    """Extra papermill parameters of one notebook (its registry entry's notebook_params)."""
+    extra = NOTEBOOK_STAGE[wildcards.notebook].notebook_params
+    return canonical(extra(CFG)) if extra else {}
 
 
 def notebook_inputs(wildcards):
@@ -266,10 +191,8 @@ def ground_truth_inputs(wildcards):
 SWEEP_STAGE = sweep_stage(CFG)
 SWEEP_EXPERIMENTS = sweep_experiments(CFG)
 SWEEP_PARAMS = {name: sweep_params(CFG, name) for name in SWEEP_EXPERIMENTS}
-_SWEEP_MAIN = {
-    "train_rna": (RNA_MODEL, "rna_model"),
-    "train_multimodal": (MULTIMODAL_MODEL, "multimodal_model"),
-}
+# The experiment wildcard matches the configured names only (a global constraint of the Snakefile).
+SWEEP_WILDCARD = "|".join(re.escape(name) for name in SWEEP_EXPERIMENTS) or "(?!)"
 
 
 def sweep_out(name, experiment="{experiment}"):
@@ -279,16 +202,21 @@ def sweep_out(name, experiment="{experiment}"):
 
 if SWEEP_STAGE:
     # The experiment's files: the same names as the stage's own model folder.
-    _main_files, _main_folder = _SWEEP_MAIN[SWEEP_STAGE]
+    _main_files, _main_folder = FILES[SWEEP_STAGE], get_stage(SWEEP_STAGE).model_dir
     SWEEP_MODEL = {k: sweep_out(v[len(out(_main_folder)) + 1 :]) for k, v in _main_files.items()}
-    SWEEP_MODEL_DIR = sweep_out("model")
+    # The outputs of the experiment's job (directories marked as the stage's own ones are).
+    SWEEP_OUTPUTS = {
+        k: directory(SWEEP_MODEL[k]) if o.is_dir else SWEEP_MODEL[k]
+        for k, o in stage_outputs(SWEEP_STAGE, CFG).items()
+    }
+    SWEEP_LOG = log_path(f"{SWEEP_STAGE}_sweep/{{experiment}}")
+    SWEEP_BENCH = bench_path(f"{SWEEP_STAGE}_sweep/{{experiment}}")
     SWEEP_NOTEBOOK = sweep_out(f"{SWEEP_STAGE}.ipynb")
     # The stage notebook's inputs, with the stage's model files swapped for the experiment's.
     _main_keys = {path: key for key, path in _main_files.items()}
     SWEEP_NOTEBOOK_INPUTS = {
         k: SWEEP_MODEL[_main_keys[v]] if v in _main_keys else v for k, v in NOTEBOOK_INPUTS[SWEEP_STAGE].items()
     }
-    _SWEEP_WILDCARD = "|".join(re.escape(name) for name in SWEEP_EXPERIMENTS)
     TARGETS["sweep"] = [
         out("sweeps/metrics.csv"),
         *(SWEEP_NOTEBOOK.format(experiment=name) for name in SWEEP_EXPERIMENTS),
@@ -307,8 +235,9 @@ def sweep_notebook_inputs(wildcards):
 def sweep_targets(wildcards):
     if not SWEEP_STAGE:
         raise ValueError(
-            f"config of study {CFG['study']!r} has no sweep: add a 'sweeps' section with 'stage' (train_rna or "
-            "train_multimodal) and 'experiments' ({name: overrides of that stage's section}); see docs/workflow.md"
+            f"config of study {CFG['study']!r} has no sweep: add a 'sweeps' section with 'stage' (a training stage: "
+            f"{' or '.join(s.name for s in REGISTRY if s.trains)}) and 'experiments' ({{name: overrides of that "
+            "stage's section}}); see docs/workflow.md"
         )
     return TARGETS["sweep"]
 
@@ -329,12 +258,12 @@ def integrated_inputs(wildcards):
 def baseline_params(name):
     """The evaluate settings one baseline reads (a change elsewhere in evaluate: does not retrain it)."""
     spec = CFG["evaluate"]
-    own = {"pca": ["pca"], "harmony": ["harmony"], "scvi": ["scvi"]}[name]
-    return canonical({"evaluate": {**{k: spec[k] for k in own}, "seed": spec["seed"]}, "covariates": CFG["covariates"]})
+    return canonical({"evaluate": {name: spec[name], "seed": spec["seed"]}, "covariates": CFG["covariates"]})
 
 
 def evaluate_inputs(wildcards):
-    """Counts and cells of the RNA model, its UMAP (the layout of the correlation UMAPs), every embedding."""
+    """Counts and cells of the RNA model, its UMAP (the layout of the correlation UMAPs), every embedding;
+    external embedding files as ext_<name> (a changed file reruns the stage)."""
     inputs = {
         "rna": out("rna.h5ad"),
         "cells": RNA_MODEL["cells"],
@@ -344,36 +273,32 @@ def evaluate_inputs(wildcards):
     if ATAC:
         inputs["emb_rvi_multimodal"] = MULTIMODAL_MODEL["latent"]
         inputs["modality_latents"] = MULTIMODAL_MODEL["modality_latents"]
-    inputs |= {f"emb_{name}": BASELINE_EMBEDDINGS[name] for name in BASELINES}
+    inputs |= {f"emb_{name}": FILES[f"baseline_{name}"]["embedding"] for name in CFG["evaluate"]["baselines"]}
     for name, source in CFG["evaluate"]["external"].items():
         path = source if isinstance(source, str) else source["path"]
         inputs[f"ext_{name}"] = path.rsplit(":", 1)[0] if ".h5ad:" in path else path
     return inputs
 
 
-def report_params():
-    return canonical({k: CFG[k] for k in ("study", "modalities", "covariates", "labels")})
-
-
 def report_inputs(wildcards):
     """Every stage's key outputs that the study report shows."""
     inputs = {
         "rna": out("rna.h5ad"),
-        "qc_summary": out("qc_summary.csv"),
+        "qc_summary": FILES["merge_rna"]["qc_summary"],
         "cells": RNA_MODEL["cells"],
         "rna_curves_png": RNA_MODEL["curves_png"],
         "rna_umap_png": RNA_MODEL["umap_png"],
-        "purity": out("annotation_purity.csv"),
-        **{k: v for k, v in EVALUATION.items()},
+        "purity": FILES["annotate"]["purity"],
+        **FILES["score_embeddings"],
     }
     if ATAC:
         inputs |= {
-            "atac_qc": out("atac_qc.csv"),
-            "cre_heatmap": out("cre_heatmap.png"),
+            "atac_qc": FILES["merge_atac"]["atac_qc"],
+            "cre_heatmap": FILES["select_cres"]["heatmap"],
             "mm_curves_png": MULTIMODAL_MODEL["curves_png"],
             "mm_umap_png": MULTIMODAL_MODEL["umap_png"],
             "attribution_png": MULTIMODAL_MODEL["attribution_png"],
         }
-    if GROUND_TRUTH:
-        inputs["ground_truth"] = out("ground_truth_report.csv")
+    if stage_active("ground_truth_report", CFG):
+        inputs["ground_truth"] = FILES["ground_truth_report"]["report"]
     return inputs

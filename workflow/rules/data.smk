@@ -27,7 +27,7 @@ rule load_rna:
     input:
         unpack(sample_counts_input),
     output:
-        h5ad=out("rna/{sample}.h5ad"),
+        **OUTPUTS["load_rna"],
     log:
         log_path("load_rna/{sample}"),
     benchmark:
@@ -46,8 +46,7 @@ rule merge_rna:
     input:
         samples=per_sample("rna/{sample}.h5ad"),
     output:
-        rna=out("rna.h5ad"),
-        qc_summary=out("qc_summary.csv"),
+        **OUTPUTS["merge_rna"],
     log:
         log_path("merge_rna"),
     benchmark:
@@ -65,7 +64,7 @@ rule scrublet:
     input:
         rna=out("rna.h5ad"),
     output:
-        scores=out("scrublet/{library}.csv"),
+        **OUTPUTS["scrublet"],
     log:
         log_path("scrublet/{library}"),
     benchmark:
@@ -84,13 +83,13 @@ rule merge_scrublet:
     input:
         tables=per_library("scrublet/{library}.csv"),
     output:
-        scrublet=out("scrublet.csv"),
+        **OUTPUTS["merge_scrublet"],
     log:
         log_path("merge_scrublet"),
     benchmark:
         bench_path("merge_scrublet")
     threads: 1
     resources:
-        **RES.rule_resources("scrublet"),
+        **RES.rule_resources("merge_scrublet"),
     run:
         run_rule("merge_scrublet", input, output, params, log, threads)

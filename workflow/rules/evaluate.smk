@@ -1,5 +1,6 @@
 # Evaluation: the baselines (separate jobs with their own resources; scVI is a GPU stage), every
-# embedding scored side by side (`snakemake evaluate`) and the one-file study report (`snakemake report`).
+# embedding scored side by side (score_embeddings; target `snakemake evaluate`: baselines, metrics and
+# the notebook) and the one-file study report (study_report; target `snakemake report`).
 
 
 rule baseline_pca:
@@ -8,8 +9,7 @@ rule baseline_pca:
         cells=RNA_MODEL["cells"],
         genes=RNA_MODEL["genes"],
     output:
-        embedding=BASELINE_EMBEDDINGS["pca"],
-        info=out("baselines/pca_info.csv"),
+        **OUTPUTS["baseline_pca"],
     log:
         log_path("baseline_pca"),
     benchmark:
@@ -27,9 +27,9 @@ rule baseline_harmony:
     input:
         rna=out("rna.h5ad"),
         cells=RNA_MODEL["cells"],
-        pca=BASELINE_EMBEDDINGS["pca"],
+        pca=FILES["baseline_pca"]["embedding"],
     output:
-        embedding=BASELINE_EMBEDDINGS["harmony"],
+        **OUTPUTS["baseline_harmony"],
     log:
         log_path("baseline_harmony"),
     benchmark:
@@ -49,8 +49,7 @@ rule baseline_scvi:
         cells=RNA_MODEL["cells"],
         genes=RNA_MODEL["genes"],
     output:
-        embedding=BASELINE_EMBEDDINGS["scvi"],
-        history=out("baselines/scvi_history.csv"),
+        **OUTPUTS["baseline_scvi"],
     log:
         log_path("baseline_scvi"),
     benchmark:
@@ -64,38 +63,37 @@ rule baseline_scvi:
         run_rule("baseline_scvi", input, output, params, log, threads)
 
 
-rule evaluate:
+rule score_embeddings:
     input:
         unpack(evaluate_inputs),
     output:
-        **{k: v for k, v in EVALUATION.items() if k != "per_cell"},
-        per_cell=directory(EVALUATION["per_cell"]),
+        **OUTPUTS["score_embeddings"],
     log:
-        log_path("evaluate"),
+        log_path("score_embeddings"),
     benchmark:
-        bench_path("evaluate")
+        bench_path("score_embeddings")
     params:
-        cfg=params_of("evaluate"),
-    threads: threads_of("evaluate")
+        cfg=params_of("score_embeddings"),
+    threads: threads_of("score_embeddings")
     resources:
-        **RES.rule_resources("evaluate"),
+        **RES.rule_resources("score_embeddings"),
     run:
-        run_rule("evaluate", input, output, params, log, threads)
+        run_rule("score_embeddings", input, output, params, log, threads)
 
 
-rule report:
+rule study_report:
     input:
         unpack(report_inputs),
     output:
-        report=out("report.html"),
+        **OUTPUTS["study_report"],
     log:
-        log_path("report"),
+        log_path("study_report"),
     benchmark:
-        bench_path("report")
+        bench_path("study_report")
     params:
-        cfg=report_params(),
-    threads: threads_of("report")
+        cfg=params_of("study_report"),
+    threads: threads_of("study_report")
     resources:
-        **RES.rule_resources("report"),
+        **RES.rule_resources("study_report"),
     run:
-        run_rule("report", input, output, params, log, threads)
+        run_rule("study_report", input, output, params, log, threads)

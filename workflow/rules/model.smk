@@ -7,8 +7,7 @@ rule train_rna:
         rna=out("rna.h5ad"),
         scrublet=out("scrublet.csv"),
     output:
-        **RNA_MODEL,
-        model=directory(RNA_MODEL_DIR),
+        **OUTPUTS["train_rna"],
     log:
         log_path("train_rna"),
     benchmark:
@@ -28,8 +27,7 @@ rule annotate:
         cells=RNA_MODEL["cells"],
         knn=RNA_MODEL["knn"],
     output:
-        annotation=out("annotation.csv"),
-        purity=out("annotation_purity.csv"),
+        **OUTPUTS["annotate"],
     log:
         log_path("annotate"),
     benchmark:
@@ -48,8 +46,7 @@ rule select_cres:
         atac=out("atac.h5ad"),
         annotation=out("annotation.csv"),
     output:
-        cres=out("cres.csv"),
-        heatmap=out("cre_heatmap.png"),
+        **OUTPUTS["select_cres"],
     log:
         log_path("select_cres"),
     benchmark:
@@ -72,8 +69,7 @@ rule train_multimodal:
         genes=RNA_MODEL["genes"],
         annotation=out("annotation.csv"),
     output:
-        **MULTIMODAL_MODEL,
-        model=directory(MULTIMODAL_MODEL_DIR),
+        **OUTPUTS["train_multimodal"],
     log:
         log_path("train_multimodal"),
     benchmark:

@@ -5,7 +5,7 @@ rule integrated_output:
     input:
         unpack(integrated_inputs),
     output:
-        **{k: v for k, v in zip(("h5ad", "h5mu"), TARGETS["integrated"])},
+        **OUTPUTS["integrated_output"],
     log:
         log_path("integrated_output"),
     benchmark:
@@ -46,7 +46,7 @@ if GROUND_TRUTH:
         input:
             unpack(ground_truth_inputs),
         output:
-            report=out("ground_truth_report.csv"),
+            **OUTPUTS["ground_truth_report"],
         log:
             log_path("ground_truth_report"),
         benchmark:

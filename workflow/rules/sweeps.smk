@@ -1,4 +1,4 @@
-# Experiment sweeps (config `sweeps:`, rvi.sweeps): one training job per experiment, each with the swept
+# Experiment sweeps (config `sweeps:`, rvi.workflow.sweeps): one training job per experiment, each with the swept
 # stage's inputs, resources and notebook, into results/{study}/sweeps/{experiment}/; `snakemake sweep`
 # runs them all and collects results/{study}/sweeps/metrics.csv (one row per experiment).
 # Each job's params hold only its experiment's merged stage section: editing one experiment reruns it alone.
@@ -10,57 +10,23 @@ rule sweep:
         sweep_targets,
 
 
+# The swept stage's own rule (inputs, threads, resources, run block), with the experiment's outputs and params.
 if SWEEP_STAGE == "train_rna":
 
-    rule train_rna_sweep:
-        input:
-            unpack(train_rna_qc_inputs),
-            rna=out("rna.h5ad"),
-            scrublet=out("scrublet.csv"),
-        output:
-            **SWEEP_MODEL,
-            model=directory(SWEEP_MODEL_DIR),
-        wildcard_constraints:
-            experiment=_SWEEP_WILDCARD,
-        log:
-            log_path("train_rna_sweep/{experiment}"),
-        benchmark:
-            bench_path("train_rna_sweep/{experiment}")
-        params:
-            cfg=sweep_cfg,
-        threads: threads_of("train_rna")
-        resources:
-            **RES.rule_resources("train_rna"),
-        run:
-            run_rule("train_rna", input, output, params, log, threads)
+    use rule train_rna as train_rna_sweep with:
+        output: **SWEEP_OUTPUTS
+        log: SWEEP_LOG
+        benchmark: SWEEP_BENCH
+        params: cfg=sweep_cfg
 
 
 if SWEEP_STAGE == "train_multimodal":
 
-    rule train_multimodal_sweep:
-        input:
-            rna=out("rna.h5ad"),
-            atac=out("atac.h5ad"),
-            cres=out("cres.csv"),
-            cells=RNA_MODEL["cells"],
-            genes=RNA_MODEL["genes"],
-            annotation=out("annotation.csv"),
-        output:
-            **SWEEP_MODEL,
-            model=directory(SWEEP_MODEL_DIR),
-        wildcard_constraints:
-            experiment=_SWEEP_WILDCARD,
-        log:
-            log_path("train_multimodal_sweep/{experiment}"),
-        benchmark:
-            bench_path("train_multimodal_sweep/{experiment}")
-        params:
-            cfg=sweep_cfg,
-        threads: threads_of("train_multimodal")
-        resources:
-            **RES.rule_resources("train_multimodal"),
-        run:
-            run_rule("train_multimodal", input, output, params, log, threads)
+    use rule train_multimodal as train_multimodal_sweep with:
+        output: **SWEEP_OUTPUTS
+        log: SWEEP_LOG
+        benchmark: SWEEP_BENCH
+        params: cfg=sweep_cfg
 
 
 if SWEEP_STAGE:
@@ -70,8 +36,6 @@ if SWEEP_STAGE:
             unpack(sweep_notebook_inputs),
         output:
             notebook=SWEEP_NOTEBOOK,
-        wildcard_constraints:
-            experiment=_SWEEP_WILDCARD,
         log:
             log_path("sweep_notebook/{experiment}"),
         benchmark:

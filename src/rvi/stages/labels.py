@@ -17,7 +17,6 @@ def annotate(rna: str, cells: str, knn: str, annotation: str, purity: str, cfg: 
     import anndata as ad
 
     from rvi import annotation as ann
-    from rvi.workflow import label_hierarchy
 
     spec, levels = cfg["annotate"], list(cfg["labels"]["levels"])
     names, conn, _ = load_knn(knn)
@@ -104,3 +103,25 @@ def select_cres(atac: str, annotation: str, cres: str, heatmap: str, cfg: Mappin
     print(f"CREs at {level}: {table['region'].nunique()} regions for {table['group'].nunique()} groups")
     write_csv(table, cres, index=False)
     save_figure(cre.cre_heatmap(adata, table, groupby="cre_group"), heatmap)
+
+
+def label_hierarchy(cfg: Mapping, labels_frame=None):
+    """The label hierarchy table of the config (CSV), or inferred from fully labelled cells.
+
+    Returns a DataFrame with one column per level (one row per coarse -> fine path), the table form
+    accepted by :func:`rvi.annotation.normalize_hierarchy`.
+    """
+    levels = list(cfg["labels"]["levels"])
+    path = cfg["labels"]["hierarchy"]
+    if path:
+        table = pd.read_csv(path, sep=None, engine="python", dtype=str)
+        missing = [lvl for lvl in levels if lvl not in table.columns]
+        if missing:
+            raise ValueError(f"labels.hierarchy table {path!r} lacks level column(s) {missing}")
+        return table[levels].drop_duplicates().reset_index(drop=True)
+    if labels_frame is None:
+        raise ValueError("labels.hierarchy is null: pass the partial labels to infer it from")
+    # Each labelled path seen in the data is one row; cells labelled only coarsely add the coarse
+    # prefix so that labels without finer children stay valid.
+    rows = labels_frame[levels].astype("object").dropna(subset=levels[:1]).drop_duplicates()
+    return rows.reset_index(drop=True)

@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from rvi.distributed import DistributedWorkerDone, is_worker, mark_training_done, world_size
 from rvi.io.atomic import atomic_dir, atomic_path, save_figure, write_csv, write_parquet
 from rvi.stages._util import pyplot
 from rvi.stages.checkpoint import checkpoint_dir
 from rvi.stages.checkpoint import drop as drop_checkpoint
-from rvi.stages.distributed import DistributedWorkerDone, is_worker, mark_training_done, world_size
 
 
 def cell_qc_table(
@@ -155,7 +155,7 @@ def _train_kwargs(training: Mapping, train_idx: np.ndarray, val_idx: np.ndarray)
     if training["early_stopping_min_delta_per_feature"] is not None:
         kwargs["early_stopping_min_delta_per_feature"] = training["early_stopping_min_delta_per_feature"]
     if world_size(training) > 1 and "LOCAL_RANK" in os.environ:
-        # Ranks started by rvi.stages.distributed.ddp_ranks: Lightning must join them (LOCAL_RANK, MASTER_PORT)
+        # Ranks started by rvi.distributed.ddp_ranks: Lightning must join them (LOCAL_RANK, MASTER_PORT)
         # rather than detect the scheduler's environment (SLURM_NTASKS, LSF) and expect srun/jsrun ranks.
         from lightning.fabric.plugins.environments import LightningEnvironment
 
@@ -202,7 +202,7 @@ def _build_and_train(model_cls, data, model_cfg: Mapping, training: Mapping, tra
         vae.train(**kwargs)
     mark_training_done()
     if is_worker():
-        # A DDP worker rank (rvi.stages.distributed): rank 0 alone computes and writes the outputs.
+        # A DDP worker rank (rvi.distributed): rank 0 alone computes and writes the outputs.
         raise DistributedWorkerDone()
     hist = checkpoint.full_history(history_frame(vae.history_), saver)
     chosen = getattr(vae, "data_path_", None)

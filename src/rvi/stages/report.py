@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -340,13 +342,27 @@ def _cell(value):
     return value
 
 
+def flatten_overrides(overrides: Mapping, prefix: str = "") -> dict[str, Any]:
+    """Nested overrides -> ``{"training.validation_fraction": 0.2, ...}`` (lists stay values).
+
+    An empty mapping given as an override (``module_kwargs: {}``) is kept as ``{}`` under its own key.
+    """
+    flat: dict[str, Any] = {}
+    for key in sorted(overrides, key=str):
+        value = overrides[key]
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat |= flatten_overrides(value, prefix=f"{name}.")
+        else:
+            flat[name] = copy.deepcopy(value)
+    return flat
+
+
 def sweep_table(
     experiments: Sequence[str], metrics: Sequence[str], history: Sequence[str], overrides: Mapping
 ) -> pd.DataFrame:
     """One row per experiment: its model's metrics (the ``rvi`` row of metrics.csv), a training summary
     (``n_epochs``, last and best ``elbo_validation``) and its flattened overrides (``training.seed``, ...)."""
-    from rvi.sweeps import flatten_overrides
-
     if not (len(experiments) == len(metrics) == len(history)):
         raise ValueError(
             f"sweep table: {len(experiments)} experiments but {len(metrics)} metrics and {len(history)} history files"

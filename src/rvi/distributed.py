@@ -3,11 +3,11 @@
 With ``training: {devices: N, strategy: ddp}`` Lightning would normally launch the extra N - 1
 processes by re-running the command line (``sys.argv``) of the current process. In a Snakemake job that
 command is ``python -m snakemake --target-jobs ...``: every extra process would re-run the whole job
-(cell QC, training, every output, and truncate the job's log). So :func:`rvi.workflow.run_rule` wraps
-the stage in :func:`ddp_ranks` instead, which works like ``torchrun`` on one node:
+(cell QC, training, every output, and truncate the job's log). So the training child (:mod:`rvi.interrupt`)
+wraps the stage in :func:`ddp_ranks` instead, which works like ``torchrun`` on one node:
 
 * this process becomes rank 0 (``LOCAL_RANK=0`` etc. in its environment, a free ``MASTER_PORT``);
-* ranks 1..N-1 are ``python -m rvi.stages.distributed <spec.json>`` processes that run the same stage
+* ranks 1..N-1 are ``python -m rvi.distributed <spec.json>`` processes that run the same stage
   function on the same inputs and config (same cells, genes, split and seed), with their outputs
   pointed at a temporary folder. Lightning sees ``LOCAL_RANK`` (with an explicit
   ``LightningEnvironment``, whatever LSF/SLURM variables the job has) and joins the process group
@@ -35,6 +35,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+from rvi._process import resolve, thread_limits
+
 __all__ = ["DistributedWorkerDone", "ddp_ranks", "is_worker", "mark_training_done", "world_size"]
 
 #: Set (to the rank) in the environment of the worker ranks started by :func:`ddp_ranks`.
@@ -43,8 +45,6 @@ WORKER_ENV = "RVI_DDP_WORKER"
 #: removing it (on every exit path of :func:`ddp_ranks`) leaves nothing behind, even after a killed rank.
 TMP_ENV = "RVI_DDP_TMP"
 _RANK_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK", "RANK", WORKER_ENV, TMP_ENV)
-#: Training stages (the sections with a ``training`` block).
-TRAINING_STAGES = ("train_rna", "train_multimodal")
 #: Set by rank 0 once Model.train returned: no collective can block it any more.
 _TRAINING_DONE = threading.Event()
 
@@ -102,24 +102,26 @@ def _tail(path: Path, n: int = 60) -> str:
         return "(no log)"
 
 
-def ddp_ranks(stage: str, kwargs: Mapping, outputs: Mapping, threads: int = 1):
+def ddp_ranks(stage: str, function: str, kwargs: Mapping, outputs: Mapping, threads: int = 1):
     """Context for running ``stage`` with ``kwargs`` as rank 0 of a DDP group, when its config asks for one.
 
-    ``kwargs`` are the stage function's keyword arguments (inputs, outputs and params, with ``cfg``);
-    ``outputs`` the output subset of them, which the worker ranks get as temporary paths. Returns a
-    no-op context for stages without a ``training`` section and for single-process training.
+    ``function`` is the stage's ``"module:function"`` (the worker ranks run it too); ``kwargs`` are the
+    stage function's keyword arguments (inputs, outputs and params, with ``cfg``); ``outputs`` the output
+    subset of them, which the worker ranks get as temporary paths. Returns a no-op context for stages
+    without a ``training`` section and for single-process training.
     """
     cfg = kwargs.get("cfg") or {}
-    if stage not in TRAINING_STAGES or stage not in cfg:
+    section = cfg.get(stage)
+    if not isinstance(section, Mapping) or "training" not in section:
         return nullcontext()
-    n = world_size(cfg[stage]["training"])
+    n = world_size(section["training"])
     if n <= 1:
         return nullcontext()
-    return _ddp_ranks(stage, dict(kwargs), dict(outputs), n, threads)
+    return _ddp_ranks(stage, function, dict(kwargs), dict(outputs), n, threads)
 
 
 @contextmanager
-def _ddp_ranks(stage: str, kwargs: dict, outputs: dict, n: int, threads: int) -> Iterator[None]:
+def _ddp_ranks(stage: str, function: str, kwargs: dict, outputs: dict, n: int, threads: int) -> Iterator[None]:
     tmp = Path(tempfile.mkdtemp(prefix=f"rvi-ddp-{stage}-"))
     env = {
         "MASTER_ADDR": "127.0.0.1",
@@ -140,13 +142,15 @@ def _ddp_ranks(stage: str, kwargs: dict, outputs: dict, n: int, threads: int) ->
             folder.mkdir()
             worker_kwargs = {**kwargs, **{k: str(folder / Path(str(v)).name) for k, v in outputs.items()}}
             spec = folder / "spec.json"
-            spec.write_text(json.dumps({"stage": stage, "kwargs": worker_kwargs, "threads": worker_threads}))
+            spec.write_text(
+                json.dumps({"stage": stage, "function": function, "kwargs": worker_kwargs, "threads": worker_threads})
+            )
             log = folder / "rank.log"
             rank_env = {**os.environ, **env, "LOCAL_RANK": str(rank), "RANK": str(rank), WORKER_ENV: str(rank)}
             rank_env[TMP_ENV] = str(folder)
             with open(log, "w") as fh:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "rvi.stages.distributed", str(spec)],
+                    [sys.executable, "-m", "rvi.distributed", str(spec)],
                     env=rank_env,
                     stdout=fh,
                     stderr=subprocess.STDOUT,
@@ -211,13 +215,11 @@ def _destroy_process_group() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Worker rank: run the stage of ``spec.json`` until its training is over."""
-    from rvi import stages
-    from rvi.stages import distributed  # not __main__'s copy: models.py raises that module's class
-    from rvi.workflow import thread_limits
+    from rvi import distributed  # not __main__'s copy: models.py raises that module's class
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or not os.environ.get(WORKER_ENV):
-        print("usage: python -m rvi.stages.distributed <spec.json> (started by rvi.stages.distributed.ddp_ranks)")
+        print("usage: python -m rvi.distributed <spec.json> (started by rvi.distributed.ddp_ranks)")
         return 2
     spec = json.loads(Path(argv[0]).read_text())
     rank = os.environ[WORKER_ENV]
@@ -225,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[rvi] DDP rank {rank}: stage {spec['stage']} (python {sys.executable})", flush=True)
     with thread_limits(spec["threads"]):
         try:
-            stages.STAGE_FUNCTIONS[spec["stage"]](**spec["kwargs"], threads=spec["threads"])
+            resolve(spec["function"])(**spec["kwargs"], threads=spec["threads"])
         except distributed.DistributedWorkerDone:
             print(f"[rvi] DDP rank {rank}: training done in {time.time() - start:.1f} s", flush=True)
             _destroy_process_group()

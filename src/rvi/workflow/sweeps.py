@@ -21,21 +21,26 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any
+
+from rvi.workflow.checks import training_problems
+from rvi.workflow.params import stage_params
+from rvi.workflow.registry import TRAINING_STAGES, get_stage
+from rvi.workflow.resources import ResourceTable
+from rvi.workflow.schema import ConfigError, format_error, load_schema, validator_with_defaults
 
 __all__ = [
     "SWEEP_STAGES",
     "deep_merge",
     "experiment_config",
-    "flatten_overrides",
     "sweep_experiments",
     "sweep_params",
     "sweep_problems",
     "sweep_stage",
 ]
 
-#: Stages an experiment sweep can run (their sections share the model/training/embedding/metrics layout).
-SWEEP_STAGES = ("train_rna", "train_multimodal")
+#: Stages an experiment sweep can run: the training stages of the registry (their sections share the
+#: model/training/embedding/metrics layout).
+SWEEP_STAGES = TRAINING_STAGES
 #: Experiment names that would collide with files of results/{study}/sweeps/.
 _RESERVED_NAMES = ("metrics.csv",)
 
@@ -49,22 +54,6 @@ def deep_merge(base: Mapping, overrides: Mapping) -> dict:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
-
-
-def flatten_overrides(overrides: Mapping, prefix: str = "") -> dict[str, Any]:
-    """Nested overrides -> ``{"training.validation_fraction": 0.2, ...}`` (lists stay values).
-
-    An empty mapping given as an override (``module_kwargs: {}``) is kept as ``{}`` under its own key.
-    """
-    flat: dict[str, Any] = {}
-    for key in sorted(overrides, key=str):
-        value = overrides[key]
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat |= flatten_overrides(value, prefix=f"{name}.")
-        else:
-            flat[name] = copy.deepcopy(value)
-    return flat
 
 
 def sweep_stage(cfg: Mapping) -> str | None:
@@ -82,11 +71,9 @@ def _experiment_schema(stage: str, name: str, schema_path=None) -> dict:
     """A schema for ``{"sweeps": {"experiments": {name: <merged section>}}}`` checked as ``stage``'s section.
 
     Nesting the merged section at its place in the config makes every error path (and so every message
-    of :func:`rvi.workflow.validate_config`'s formatter) name the experiment and the key as written.
+    of :func:`rvi.workflow.schema.validate_config`'s formatter) name the experiment and the key as written.
     """
-    from rvi.workflow import _load_schema, default_schema_path
-
-    root = _load_schema(str(schema_path or default_schema_path()))
+    root = load_schema(schema_path)
     section = copy.deepcopy(root["properties"][stage])
     section.pop("default", None)
 
@@ -98,17 +85,15 @@ def _experiment_schema(stage: str, name: str, schema_path=None) -> dict:
 
 def _merged_section(cfg: Mapping, name: str, schema_path=None) -> tuple[dict, list[str]]:
     """(merged + defaults-filled stage section, problems) of one experiment."""
-    from rvi.workflow import _format_error, _validator_with_defaults
-
     stage = cfg["sweeps"]["stage"]
     overrides = cfg["sweeps"]["experiments"][name]
     section = deep_merge(cfg[stage], overrides)
     schema = _experiment_schema(stage, name, schema_path)
     instance = {"sweeps": {"experiments": {name: section}}}  # defaults are filled into `section` in place
-    errors = _validator_with_defaults(schema).iter_errors(instance)
+    errors = validator_with_defaults(schema).iter_errors(instance)
     problems = []
     for err in sorted(errors, key=lambda e: (list(map(str, e.absolute_path)), e.message)):
-        for line in _format_error(err, schema):
+        for line in format_error(err, schema):
             if line not in problems:
                 problems.append(line)
     return section, problems
@@ -116,8 +101,6 @@ def _merged_section(cfg: Mapping, name: str, schema_path=None) -> tuple[dict, li
 
 def experiment_config(cfg: Mapping, name: str, schema_path=None) -> dict:
     """A copy of the validated config whose swept stage section is experiment ``name``'s merged section."""
-    from rvi.workflow import ConfigError
-
     experiments = sweep_experiments(cfg)
     if name not in experiments:
         raise KeyError(f"unknown sweep experiment {name!r} (configured: {sorted(experiments)})")
@@ -130,28 +113,26 @@ def experiment_config(cfg: Mapping, name: str, schema_path=None) -> dict:
 
 
 def sweep_params(cfg: Mapping, name: str) -> dict:
-    """The ``params`` of experiment ``name``'s job: :func:`rvi.workflow.stage_params` of its merged config.
+    """The ``params`` of experiment ``name``'s job: :func:`rvi.workflow.params.stage_params` of its merged config.
 
     Same structure as the stage's own params (the stage function runs unchanged) and holds nothing of
     the other experiments, so Snakemake's params trigger reruns exactly the experiments that changed.
     """
-    from rvi.workflow import stage_params
-
     return stage_params(experiment_config(cfg, name), cfg["sweeps"]["stage"])
 
 
-def sweep_problems(cfg: Mapping, schema_path=None) -> list[str]:
+def sweep_problems(cfg: Mapping, schema_path=None, res: ResourceTable | None = None) -> list[str]:
     """Start-time checks of the ``sweeps`` section of a schema-validated config (one line per problem)."""
-    from rvi.workflow import training_problems
-
     sweeps = cfg.get("sweeps") or {}
     experiments = sweeps.get("experiments") or {}
     if not experiments:
         return []
     stage = sweeps["stage"]
     problems = []
-    if stage == "train_multimodal" and "atac" not in cfg["modalities"]:
-        problems.append("'sweeps.stage' = 'train_multimodal' but modalities has no 'atac' (no multimodal model)")
+    missing = [m for m in get_stage(stage).needs if m not in cfg["modalities"]]
+    if missing:
+        names = ", ".join(repr(m) for m in missing)
+        problems.append(f"'sweeps.stage' = {stage!r} but modalities has no {names} (the study does not run {stage})")
         return problems
     for name in experiments:
         if name in _RESERVED_NAMES:
@@ -160,6 +141,8 @@ def sweep_problems(cfg: Mapping, schema_path=None) -> list[str]:
         section, found = _merged_section(cfg, name, schema_path)
         if not found:
             # Cross-key checks of the merged section (devices vs the stage's GPUs, label level, ...).
-            found = training_problems({**cfg, stage: section}, stages=(stage,), key_prefix=f"sweeps.experiments.{name}")
+            found = training_problems(
+                {**cfg, stage: section}, stages=(stage,), key_prefix=f"sweeps.experiments.{name}", res=res
+            )
         problems += found
     return problems

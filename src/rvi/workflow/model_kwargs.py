@@ -16,13 +16,19 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
-_RVI = Path(__file__).resolve().parent
+from rvi.workflow.registry import REGISTRY
 
-#: model class (file, class) of each training stage.
-STAGE_MODELS = {
-    "train_rna": (_RVI / "models" / "_rna.py", "AmbientRegularizedSCVI"),
-    "train_multimodal": (_RVI / "models" / "_multimodal.py", "RegularizedMultimodalVI"),
-}
+_RVI = Path(__file__).resolve().parents[1]
+
+
+def _source(target: str) -> tuple[Path, str]:
+    """(source file, class name) of a registry ``"rvi.module:Class"`` string, found without importing it."""
+    module, _, cls = target.partition(":")
+    return _RVI.joinpath(*module.split(".")[1:]).with_suffix(".py"), cls
+
+
+#: model class (file, class) of each training stage (the registry's ``model``).
+STAGE_MODELS = {s.name: _source(s.model) for s in REGISTRY if s.model}
 #: Set by the stage from the ``model`` section itself (not through module_kwargs).
 MODEL_SECTION_KEYS = ("n_hidden", "n_latent", "n_layers", "dropout_rate")
 #: Computed by the model from the data.
