@@ -25,6 +25,9 @@ demo: $(STAMP)
 # --dist loadscope keeps each test module on one worker, so a module's shared fixture (a Snakemake run, a
 # trained model) is built once; pytest 9.2 ignores xdist_group marks (xdist 3.8 rewrites a node id it no longer reads).
 test: $(STAMP)
+	@# The report's browser test uses Chromium; as root with apt-get, install it quietly if missing (never fatal).
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		{ apt-get update -qq && apt-get install -y -qq chromium; } >/dev/null 2>&1 || true; fi
 	$(BIN)/python -m pytest -n 2 --dist loadscope -q -rs --durations=25
 
 # The demo through profiles/slurm on a one-node SLURM cluster started on this machine (needs root and

@@ -1,6 +1,7 @@
 """End to end: the whole workflow on config/test_tiny.yaml in a temporary directory.
 
-One Snakemake run (simulated data, 3 epochs) checks every rule's outputs, the executed notebooks
+One Snakemake run (simulated data, 3 epochs) checks every rule's outputs (the evaluate stage's baselines,
+metrics and HTML report included), the executed notebooks
 and the kernel they ran on; a dry run after editing a train_rna parameter checks that only
 train_rna and what depends on it would rerun. Then `snakemake sweep` runs the config's two experiments
 (one of them with DDP on 2 CPU processes) on the same outputs, and a dry run after editing one
@@ -22,7 +23,19 @@ import yaml
 from tests.workflow import REPO, snakemake
 
 UPSTREAM = {"demo_data", "load_rna", "merge_rna", "scrublet", "merge_scrublet", "load_atac", "merge_atac", "cell_qc"}
-DOWNSTREAM = {"train_rna", "annotate", "select_cres", "train_multimodal", "integrated_output"}
+DOWNSTREAM = {
+    "train_rna",
+    "annotate",
+    "select_cres",
+    "train_multimodal",
+    "integrated_output",
+    "baseline_pca",
+    "baseline_harmony",
+    "baseline_scvi",
+    "score_embeddings",
+    "study_report",
+}
+EMBEDDINGS = ["rvi_rna", "rvi_multimodal", "rvi_multimodal_atac", "rvi_multimodal_rna", "pca", "harmony", "scvi"]
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
@@ -80,7 +93,17 @@ def test_all_outputs(tiny_run):
         "multimodal_model/attribution.parquet",
         "multimodal_model/attribution_scatter.png",
         "ground_truth_report.csv",
+        "baselines/pca.parquet",
+        "baselines/harmony.parquet",
+        "baselines/scvi.parquet",
+        "metrics/scib.csv",
+        "metrics/neighbourhood_headline.csv",
+        "metrics/composite.csv",
+        "metrics/per_cell/rvi_rna.parquet",
+        "metrics/metric_heatmap.png",
+        "report.html",
         "benchmarks/train_rna.tsv",
+        "benchmarks/baseline_scvi.tsv",
         "logs/train_rna.log",
     ]
     missing = [p for p in expected if not (out / p).exists()]
@@ -119,6 +142,7 @@ def test_notebooks_executed_on_this_interpreter(tiny_run):
         "select_cres",
         "train_multimodal",
         "ground_truth_report",
+        "evaluate",
     }
     nb = json.loads((folder / "train_rna.ipynb").read_text())
     text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
@@ -135,6 +159,35 @@ def test_training_logs_are_quiet_and_single(tiny_run):
         text = (workdir / "results" / "tiny" / "logs" / f"{stage}.log").read_text()
         assert "Tip:" not in text and "already downloaded" not in text, stage
         assert text.count("`Trainer.fit` stopped") == 1, stage  # once, not once per handler
+
+
+@pytest.mark.slow
+def test_evaluate_scores_every_embedding_and_report_shows_them(tiny_run):
+    workdir, _ = tiny_run
+    out = workdir / "results" / "tiny"
+    headline = pd.read_csv(out / "metrics" / "neighbourhood_headline.csv", index_col=0)
+    assert list(headline.index) == [*EMBEDDINGS, "random_knn"]
+    assert [f"H{i}" for i in range(1, 15)] + [
+        "bio",
+        "library_integration",
+        "dataset_integration",
+        "batch",
+        "total",
+    ] == [c for c in headline.columns]
+    # Library and dataset keys but no technical covariate: H1-H13 finite for every embedding, H14 NaN.
+    assert np.isfinite(headline.loc[EMBEDDINGS, [f"H{i}" for i in (1, 2, 3, 4, 6, 7, 8, 10, 11, 12, 13)]]).all().all()
+    assert headline["H14"].isna().all()
+    composite = pd.read_csv(out / "metrics" / "composite.csv", index_col=0)
+    assert list(composite.index) == EMBEDDINGS
+    assert np.isfinite(composite[["bio", "batch", "total", "scib_bio", "scib_batch", "scib_total"]]).all().all()
+    scib = pd.read_csv(out / "metrics" / "scib.csv", index_col=0)
+    assert list(scib.index) == EMBEDDINGS and (scib["n_cells"] <= 300).all()
+    per_cell = pd.read_parquet(out / "metrics" / "per_cell" / "scvi.parquet")
+    cells = pd.read_csv(out / "rna_model" / "cells.csv", index_col=0)
+    assert len(per_cell) == int(cells["pass_qc"].sum()) and "failure_mode" in per_cell
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 10 and "<table" in html and "scib total" in html
+    assert "not produced by this run" not in html  # every stage ran, so every figure is there
 
 
 @pytest.mark.slow

@@ -253,3 +253,52 @@ def integrated_inputs(wildcards):
         inputs["atac"] = out("atac.h5ad")
         inputs |= {f"mm_{k}": MULTIMODAL_MODEL[k] for k in ("latent", "modality_latents", "umap", "leiden")}
     return inputs
+
+
+def baseline_params(name):
+    """The evaluate settings one baseline reads (a change elsewhere in evaluate: does not retrain it)."""
+    spec = CFG["evaluate"]
+    return canonical({"evaluate": {name: spec[name], "seed": spec["seed"]}, "covariates": CFG["covariates"]})
+
+
+def evaluate_inputs(wildcards):
+    """Counts and cells of the RNA model, its UMAP (the layout of the correlation UMAPs), every embedding;
+    external embedding files as ext_<name> (a changed file reruns the stage)."""
+    inputs = {
+        "rna": out("rna.h5ad"),
+        "cells": RNA_MODEL["cells"],
+        "umap": RNA_MODEL["umap"],
+        "emb_rvi_rna": RNA_MODEL["latent"],
+    }
+    if ATAC:
+        inputs["emb_rvi_multimodal"] = MULTIMODAL_MODEL["latent"]
+        inputs["modality_latents"] = MULTIMODAL_MODEL["modality_latents"]
+    inputs |= {f"emb_{name}": FILES[f"baseline_{name}"]["embedding"] for name in CFG["evaluate"]["baselines"]}
+    for name, source in CFG["evaluate"]["external"].items():
+        path = source if isinstance(source, str) else source["path"]
+        inputs[f"ext_{name}"] = path.rsplit(":", 1)[0] if ".h5ad:" in path else path
+    return inputs
+
+
+def report_inputs(wildcards):
+    """Every stage's key outputs that the study report shows."""
+    inputs = {
+        "rna": out("rna.h5ad"),
+        "qc_summary": FILES["merge_rna"]["qc_summary"],
+        "cells": RNA_MODEL["cells"],
+        "rna_curves_png": RNA_MODEL["curves_png"],
+        "rna_umap_png": RNA_MODEL["umap_png"],
+        "purity": FILES["annotate"]["purity"],
+        **FILES["score_embeddings"],
+    }
+    if ATAC:
+        inputs |= {
+            "atac_qc": FILES["merge_atac"]["atac_qc"],
+            "cre_heatmap": FILES["select_cres"]["heatmap"],
+            "mm_curves_png": MULTIMODAL_MODEL["curves_png"],
+            "mm_umap_png": MULTIMODAL_MODEL["umap_png"],
+            "attribution_png": MULTIMODAL_MODEL["attribution_png"],
+        }
+    if stage_active("ground_truth_report", CFG):
+        inputs["ground_truth"] = FILES["ground_truth_report"]["report"]
+    return inputs

@@ -150,14 +150,39 @@ def select_marker_genes(
 # --------------------------------------------------------------------------------------------------
 # graph and masks
 # --------------------------------------------------------------------------------------------------
-def knn_connectivities(embedding: np.ndarray, n_neighbors: int = 15, n_jobs: int = 1) -> sp.csr_matrix:
-    """Symmetric UMAP/scanpy-style connectivities of an exact kNN graph, diagonal removed."""
+#: Above this many cells the kNN search is approximate (pynndescent): exact search is O(n^2).
+EXACT_KNN_MAX_CELLS = 50_000
+
+
+def knn_connectivities(embedding: np.ndarray, n_neighbors: int = 15, n_jobs: int = 1, seed: int = 0) -> sp.csr_matrix:
+    """Symmetric UMAP/scanpy-style connectivities of a kNN graph, diagonal removed.
+
+    Exact search up to :data:`EXACT_KNN_MAX_CELLS` cells, pynndescent (what scanpy uses) above.
+    """
     n = embedding.shape[0]
     k = min(n_neighbors, n - 1)
     if k < 1:
         raise ValueError("need at least two cells to build a kNN graph")
-    idx, dist = exact_knn(embedding, k + 1, n_jobs=n_jobs)
+    if n > EXACT_KNN_MAX_CELLS:
+        idx, dist = _approximate_knn(np.asarray(embedding, dtype=np.float32), k + 1, n_jobs, seed)
+    else:
+        idx, dist = exact_knn(embedding, k + 1, n_jobs=n_jobs)
     return _drop_diagonal(umap_connectivities(idx, dist))
+
+
+def _approximate_knn(X: np.ndarray, k: int, n_jobs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from pynndescent import NNDescent
+
+    index = NNDescent(X, n_neighbors=k, random_state=seed, n_jobs=n_jobs, low_memory=True)
+    idx, dist = index.neighbor_graph
+    # Self in column 0, as exact_knn gives it (umap_connectivities zeroes self edges either way).
+    rows = np.arange(X.shape[0])
+    swap = idx[:, 0] != rows
+    if swap.any():
+        idx[swap, 1:] = idx[swap, :-1]
+        dist[swap, 1:] = dist[swap, :-1]
+        idx[swap, 0], dist[swap, 0] = rows[swap], 0.0
+    return idx, dist.astype(np.float32)
 
 
 def _drop_diagonal(C) -> sp.csr_matrix:
@@ -171,24 +196,28 @@ def _drop_diagonal(C) -> sp.csr_matrix:
 def validate_dataset_key(obs: pd.DataFrame, library_key: str, dataset_key: str) -> pd.Series:
     """Dataset per cell, checked so that each library lies in exactly one dataset.
 
-    Missing dataset values are warned about and filled from the library's dataset when that is unique;
-    libraries spanning several datasets raise a ValueError naming them.
+    Missing dataset values are warned about and filled from the library's dataset when that is known;
+    cells of libraries without any dataset stay missing (NaN) and are left out of the cross-library and
+    cross-dataset statistics. Libraries spanning several datasets raise a ValueError naming them.
     """
+    if dataset_key not in obs:
+        raise KeyError(f"dataset key {dataset_key!r} not in obs (columns: {list(obs.columns)})")
     lib = obs[library_key].astype(str)
     ds = obs[dataset_key].astype(object)
     missing = ds.isna()
+    check_library_nesting(pd.DataFrame({library_key: lib, dataset_key: ds}), library_key, dataset_key)
+    per_lib = pd.Series(ds[~missing].astype(str).to_numpy(), index=lib[~missing].to_numpy())
+    per_lib = per_lib[~per_lib.index.duplicated()]
+    ds = ds.where(missing, ds.astype(str))
     if missing.any():
-        warnings.warn(
-            f"{int(missing.sum())} cells have no {dataset_key!r}; filling from their library where possible",
-            stacklevel=3,
-        )
-        known = pd.Series(ds[~missing].astype(str).to_numpy(), index=lib[~missing].to_numpy())
-        per_lib = known.groupby(level=0).agg(lambda s: s.iloc[0] if s.nunique() == 1 else np.nan)
         ds = ds.copy()
         ds[missing] = lib[missing].map(per_lib)
-        ds = ds.fillna("<missing>")
-    ds = ds.astype(str)
-    check_library_nesting(pd.DataFrame({library_key: lib, dataset_key: ds}), library_key, dataset_key)
+        left = ds.isna()
+        warnings.warn(
+            f"{int(missing.sum())} cells have no {dataset_key!r}: {int(missing.sum() - left.sum())} filled from their "
+            f"library, {int(left.sum())} excluded from the cross-library and cross-dataset statistics",
+            stacklevel=3,
+        )
     return ds
 
 
@@ -206,19 +235,23 @@ def neighbour_masks(
     Without a dataset all libraries count as one dataset, so cross_dataset is empty.
     """
     C = sp.csr_matrix(connectivities)
-    rows = np.repeat(np.arange(C.shape[0]), np.diff(C.indptr))
+    rows = _edge_rows(C)
     cols = C.indices
     lib = pd.factorize(np.asarray(library))[0]
     same_lib = lib[rows] == lib[cols]
     if dataset is None:
         cross_ds = np.zeros_like(same_lib)
+        known = np.ones_like(same_lib)
     else:
-        ds = pd.factorize(np.asarray(dataset))[0]
-        cross_ds = ds[rows] != ds[cols]
+        # A cell without a dataset is in neither cross level (nor in between_libraries, so that
+        # between_libraries = cross_library + cross_dataset still holds).
+        ds = pd.factorize(pd.Series(np.asarray(dataset, dtype=object)), use_na_sentinel=True)[0]
+        known = (ds[rows] >= 0) & (ds[cols] >= 0)
+        cross_ds = known & (ds[rows] != ds[cols])
     masks = {
         "same_library": same_lib,
-        "between_libraries": ~same_lib,
-        "cross_library": ~same_lib & ~cross_ds,
+        "between_libraries": ~same_lib & known,
+        "cross_library": ~same_lib & known & ~cross_ds,
         "cross_dataset": cross_ds,
     }
     if technical:
@@ -304,20 +337,36 @@ def average_profile_correlation(M: sp.csr_matrix, P: sp.csr_matrix) -> np.ndarra
 
 
 def edge_correlations(C: sp.csr_matrix, P: sp.csr_matrix) -> np.ndarray:
-    """Pearson correlation of the two endpoint profiles for every stored edge of C (CSR order)."""
+    """Pearson correlation of the two endpoint profiles for every stored edge of C (CSR order).
+
+    Chunked over edges, so the temporaries of the dot products and the moment gathering stay at
+    ``_EDGE_CHUNK`` edges whatever the graph size.
+    """
     n, g = P.shape
-    rows = np.repeat(np.arange(n), np.diff(C.indptr))
+    rows = _edge_rows(C)
     cols = C.indices
     sx, sxx = _row_moments(P)
-    dots = np.empty(len(rows))
+    out = np.empty(len(rows))
     for start in range(0, len(rows), _EDGE_CHUNK):
         stop = min(len(rows), start + _EDGE_CHUNK)
-        dots[start:stop] = np.asarray(P[rows[start:stop]].multiply(P[cols[start:stop]]).sum(axis=1)).ravel()
-    return _pearson_from_moments(dots, sx[rows], sx[cols], sxx[rows], sxx[cols], g)
+        r, c = rows[start:stop], cols[start:stop]
+        dots = np.asarray(P[r].multiply(P[c]).sum(axis=1)).ravel()
+        out[start:stop] = _pearson_from_moments(dots, sx[r], sx[c], sxx[r], sxx[c], g)
+    return out
+
+
+def _edge_rows(C: sp.csr_matrix) -> np.ndarray:
+    """Row index of every stored edge (int32 while it fits: half the memory of the default int64)."""
+    dtype = np.int32 if C.shape[0] < np.iinfo(np.int32).max else np.int64
+    return np.repeat(np.arange(C.shape[0], dtype=dtype), np.diff(C.indptr))
 
 
 def _grouped_edge_summary(rows: np.ndarray, values: np.ndarray, weights: np.ndarray, n: int) -> pd.DataFrame:
-    """Per-cell mean, median, weighted mean/median and sd of edge values (NaN edges ignored)."""
+    """Per-cell mean, median, weighted mean/median and sd of edge values (NaN edges ignored).
+
+    ``rows`` must be sorted (CSR order); the medians are taken over blocks of cells so that the sort
+    and its copies hold at most ``_EDGE_CHUNK`` edges at a time.
+    """
     ok = np.isfinite(values)
     r, v, w = rows[ok], values[ok], weights[ok]
     cnt = np.bincount(r, minlength=n).astype(np.float64)
@@ -330,25 +379,46 @@ def _grouped_edge_summary(rows: np.ndarray, values: np.ndarray, weights: np.ndar
     sd = np.where(cnt >= 2, np.sqrt(np.clip(var, 0, None)), np.nan)
     median = np.full(n, np.nan)
     wmedian = np.full(n, np.nan)
-    if len(r):
-        order = np.lexsort((v, r))
-        r, v, w = r[order], v[order], w[order]
-        starts = np.concatenate([[0], np.cumsum(cnt.astype(np.int64))[:-1]])
-        has = cnt > 0
-        c = cnt.astype(np.int64)
-        lo = starts + (c - 1) // 2
-        hi = starts + c // 2
-        median[has] = 0.5 * (v[lo[has]] + v[hi[has]])
-        cum = np.cumsum(w)
-        before = np.where(starts > 0, cum[np.maximum(starts - 1, 0)], 0.0)
-        target = before + 0.5 * wsum
-        pos = np.searchsorted(cum, target[has] * (1 - 1e-12), side="left")
-        # Rounding in the global cumulative sum must not move the pick outside the cell's own edges.
-        pos = np.clip(pos, starts[has], starts[has] + c[has] - 1)
-        wmedian[has] = v[pos]
+    c_all = cnt.astype(np.int64)
+    first = np.concatenate([[0], np.cumsum(c_all)])  # edge offset of each cell in r / v / w
+    cell = 0
+    while cell < n and len(r):
+        # A block of whole cells holding about _EDGE_CHUNK edges (at least one cell).
+        end = int(np.searchsorted(first, first[cell] + _EDGE_CHUNK, side="right")) - 1
+        end = min(max(end, cell + 1), n)
+        e0, e1 = first[cell], first[end]
+        if e1 > e0:
+            _block_medians(
+                r[e0:e1] - cell,
+                v[e0:e1],
+                w[e0:e1],
+                c_all[cell:end],
+                wsum[cell:end],
+                median[cell:end],
+                wmedian[cell:end],
+            )
+        cell = end
     return pd.DataFrame(
         {"pair_mean": mean, "pair_median": median, "pair_wmean": wmean, "pair_wmedian": wmedian, "pair_sd": sd}
     )
+
+
+def _block_medians(r, v, w, c, wsum, median, wmedian) -> None:
+    """Median and weighted median per cell of one block (``r``: cell index within the block), in place."""
+    order = np.lexsort((v, r))
+    v, w = v[order], w[order]
+    starts = np.concatenate([[0], np.cumsum(c)[:-1]])
+    has = c > 0
+    lo = starts + (c - 1) // 2
+    hi = starts + c // 2
+    median[has] = 0.5 * (v[lo[has]] + v[hi[has]])
+    cum = np.cumsum(w)
+    before = np.where(starts > 0, cum[np.maximum(starts - 1, 0)], 0.0)
+    target = before + 0.5 * wsum
+    pos = np.searchsorted(cum, target[has] * (1 - 1e-12), side="left")
+    # Rounding in the cumulative sum must not move the pick outside the cell's own edges.
+    pos = np.clip(pos, starts[has], starts[has] + c[has] - 1)
+    wmedian[has] = v[pos]
 
 
 def _hist_overlap(a: np.ndarray, b: np.ndarray, bins: int = 50) -> float:
@@ -396,13 +466,14 @@ class NeighbourhoodResult:
     marker_genes: list[str] = field(default_factory=list)
     masks: list[str] = field(default_factory=list)
     failure_modes: pd.DataFrame | None = None
+    missing_markers: list[str] = field(default_factory=list)
 
 
 def _per_cell_table(
     C: sp.csr_matrix, P: sp.csr_matrix, masks: dict[str, np.ndarray], targets: dict[str, np.ndarray]
 ) -> pd.DataFrame:
     n = C.shape[0]
-    rows = np.repeat(np.arange(n), np.diff(C.indptr))
+    rows = _edge_rows(C)
     degree = np.diff(C.indptr).astype(np.int64)
     ecorr = edge_correlations(C, P)
     cols: dict[str, np.ndarray] = {"degree": degree}
@@ -502,16 +573,20 @@ def random_knn_graph(connectivities, seed: int = 0) -> sp.csr_matrix:
 
 
 def _target_sizes(library: np.ndarray, dataset: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Per cell, the number of other cells in each cross level's target group (NaN without a dataset)."""
     n = len(library)
-    lib_size = pd.Series(library).map(pd.Series(library).value_counts()).to_numpy()
+    lib_size = pd.Series(library).map(pd.Series(library).value_counts()).to_numpy().astype(np.float64)
     if dataset is None:
-        ds_size = np.full(n, n)
-    else:
-        ds_size = pd.Series(dataset).map(pd.Series(dataset).value_counts()).to_numpy()
+        return {"between_libraries": n - lib_size, "cross_library": n - lib_size, "cross_dataset": np.zeros(n)}
+    ds = pd.Series(np.asarray(dataset, dtype=object))
+    known = ds.notna().to_numpy()
+    n_known = float(known.sum())
+    ds_size = ds.map(ds.value_counts()).to_numpy().astype(np.float64)
+    nan = np.where(known, 1.0, np.nan)
     return {
-        "between_libraries": n - lib_size,
-        "cross_library": ds_size - lib_size,
-        "cross_dataset": n - ds_size,
+        "between_libraries": (n_known - lib_size) * nan,
+        "cross_library": (ds_size - lib_size) * nan,
+        "cross_dataset": (n_known - ds_size) * nan,
     }
 
 
@@ -544,19 +619,26 @@ def neighbourhood_correlation(
         raise ValueError("give exactly one of embedding or connectivities")
     obs = adata.obs
     if library_key not in obs:
-        raise KeyError(f"{library_key!r} not in adata.obs")
+        raise KeyError(f"library key {library_key!r} not in adata.obs (columns: {list(obs.columns)})")
     if obs[library_key].isna().any():
-        raise ValueError(f"{library_key!r} has missing values")
+        # The library is the finest technical unit every mask is built from: no sensible exclusion exists.
+        raise ValueError(f"library key {library_key!r} has {int(obs[library_key].isna().sum())} cells without a value")
     library = obs[library_key].astype(str).to_numpy()
     dataset = validate_dataset_key(obs, library_key, dataset_key).to_numpy() if dataset_key else None
     tech_keys = list(technical_covariate_keys or [])
     for key in tech_keys:
         if key not in obs:
             raise KeyError(f"technical covariate {key!r} not in adata.obs")
+        if obs[key].isna().any():
+            warnings.warn(
+                f"technical covariate {key!r}: {int(obs[key].isna().sum())} cells without a value are excluded "
+                "from its within/between statistics",
+                stacklevel=2,
+            )
     technical = {k: obs[k].to_numpy() for k in tech_keys}
 
     if connectivities is None:
-        C = knn_connectivities(np.asarray(embedding), n_neighbors=n_neighbors, n_jobs=n_jobs)
+        C = knn_connectivities(np.asarray(embedding), n_neighbors=n_neighbors, n_jobs=n_jobs, seed=seed)
     else:
         C = _drop_diagonal(connectivities)
     if C.shape != (adata.n_obs, adata.n_obs):
@@ -571,12 +653,18 @@ def neighbourhood_correlation(
             gene_symbols_key=gene_symbols_key,
             seed=seed,
         )
-    marker_genes = list(marker_genes)
+    marker_genes = list(dict.fromkeys(marker_genes))
+    marker_idx = pd.Index(adata.var_names).get_indexer(marker_genes)
+    absent = [g for g, i in zip(marker_genes, marker_idx) if i < 0]
+    if absent:
+        warnings.warn(
+            f"{len(absent)} of {len(marker_genes)} marker genes are not in var_names and are skipped: {absent[:10]}",
+            stacklevel=2,
+        )
+        marker_genes = [g for g, i in zip(marker_genes, marker_idx) if i >= 0]
+        marker_idx = marker_idx[marker_idx >= 0]
     if len(marker_genes) < 3:
         raise ValueError(f"need at least 3 marker genes present in the data, found {len(marker_genes)}")
-    marker_idx = pd.Index(adata.var_names).get_indexer(marker_genes)
-    if (marker_idx < 0).any():
-        raise KeyError(f"marker genes not in var_names: {np.asarray(marker_genes)[marker_idx < 0][:10].tolist()}")
     P = marker_profiles(_get_counts(adata, layer), marker_idx, log1p=log1p)
     targets = _target_sizes(library, dataset)
 
@@ -602,6 +690,7 @@ def neighbourhood_correlation(
         baseline_per_cell=baseline_pc,
         marker_genes=marker_genes,
         masks=mask_names(tech_keys),
+        missing_markers=absent,
     )
 
 
@@ -729,6 +818,8 @@ def neighbourhood_benchmark(
     n_neighbors: int = 15,
     random_baseline: bool = True,
     gene_symbols_key: str | None = None,
+    marker_genes: Sequence[str] | None = None,
+    connectivities: Mapping[str, sp.spmatrix] | None = None,
     seed: int = 0,
     n_jobs: int = 1,
 ) -> tuple[pd.DataFrame, dict[str, NeighbourhoodResult]]:
@@ -736,16 +827,36 @@ def neighbourhood_benchmark(
 
     Returns a table (one row per model: H1-H14 and composites; the random-graph baseline, degree-matched
     to the first model's graph, as row ``"random_knn"`` when requested) and the per-model results, whose
-    ``failure_modes`` use the other models to detect under-integration.
+    ``failure_modes`` use the other models to detect under-integration. ``marker_genes`` replaces the
+    marker selection (genes absent from var are reported and skipped); ``connectivities`` gives a
+    precomputed graph for some of the embeddings (by name), e.g. the one a training stage saved.
     """
-    markers = select_marker_genes(
-        adata, label_keys=label_keys, layer=layer, dataset_key=dataset_key, gene_symbols_key=gene_symbols_key, seed=seed
-    )
+    if marker_genes is None:
+        markers = select_marker_genes(
+            adata,
+            label_keys=label_keys,
+            layer=layer,
+            dataset_key=dataset_key,
+            gene_symbols_key=gene_symbols_key,
+            seed=seed,
+        )
+    else:
+        markers = list(dict.fromkeys(marker_genes))
+    present = set(adata.var_names)
+    absent = [g for g in markers if g not in present]
+    if absent:
+        warnings.warn(
+            f"{len(absent)} of {len(markers)} marker genes are not in var_names and are skipped: {absent[:10]}",
+            stacklevel=2,
+        )
+        markers = [g for g in markers if g in present]
+    graphs = dict(connectivities or {})
     results = {}
     for i, (name, emb) in enumerate(embeddings.items()):
         results[name] = neighbourhood_correlation(
             adata,
-            emb,
+            None if name in graphs else emb,
+            connectivities=graphs.get(name),
             library_key=library_key,
             dataset_key=dataset_key,
             technical_covariate_keys=technical_covariate_keys,
@@ -768,4 +879,6 @@ def neighbourhood_benchmark(
         base["H13"] = np.nan
         table.loc["random_knn"] = base[table.columns]
     table.index.name = "model"
+    table.attrs["missing_markers"] = absent
+    table.attrs["marker_genes"] = markers
     return table, results

@@ -377,7 +377,8 @@ def scib_benchmark(
         if not np.isfinite(emb).all():
             raise ValueError(f"embedding {name!r} contains non-finite values")
 
-    obs = adata.obs[[label_key, batch_key] + ([library_key] if library_key else [])].copy()
+    # dict.fromkeys: library_key may be the batch key itself (one column, not a duplicated pair).
+    obs = adata.obs[list(dict.fromkeys([label_key, batch_key, *([library_key] if library_key else [])]))].copy()
     keep = obs[label_key].notna().to_numpy() & obs[batch_key].notna().to_numpy()
     if not keep.all():
         warnings.warn(f"scib_benchmark: dropping {int((~keep).sum())} cells with missing label/batch", stacklevel=2)

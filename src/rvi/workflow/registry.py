@@ -181,6 +181,17 @@ _MULTIMODAL_MODEL = {
     "model": "multimodal_model/model/",
 }
 
+_EVALUATION = {
+    "scib": "metrics/scib.csv",
+    "headline": "metrics/neighbourhood_headline.csv",
+    "composite": "metrics/composite.csv",
+    "per_cell": "metrics/per_cell/",
+    "heatmap_png": "metrics/metric_heatmap.png",
+    "correlation_png": "metrics/correlation_umaps.png",
+    "isolation_png": "metrics/isolation_bars.png",
+    "failure_png": "metrics/failure_modes.png",
+}
+
 #: Every stage, in DAG order.
 REGISTRY: tuple[Stage, ...] = (
     Stage(
@@ -326,6 +337,56 @@ REGISTRY: tuple[Stage, ...] = (
         notebook="ground_truth_report",
         notebook_inputs={"report": "ground_truth_report.csv"},
         when=lambda cfg: bool(cfg["ground_truth"]["cells"] or cfg["ground_truth"]["cres"]),
+    ),
+    # Evaluation (docs/metrics_spec.md): baselines on the RNA model's cells and genes, every embedding
+    # scored side by side (`snakemake evaluate`), then the one-file study report (`snakemake report`).
+    # The baselines' rules pass only their own part of the evaluate section as params (evaluate.smk).
+    Stage(
+        "baseline_pca",
+        "rvi.stages.evaluate:baseline_pca",
+        section="evaluate",
+        reads=("covariates",),
+        outputs={"embedding": "baselines/pca.parquet", "info": "baselines/pca_info.csv"},
+        target="evaluate",
+        # Harmony corrects these components, so they are computed whenever Harmony runs.
+        when=lambda cfg: bool({"pca", "harmony"} & set(cfg["evaluate"]["baselines"])),
+    ),
+    Stage(
+        "baseline_harmony",
+        "rvi.stages.evaluate:baseline_harmony",
+        section="evaluate",
+        reads=("covariates",),
+        outputs={"embedding": "baselines/harmony.parquet"},
+        target="evaluate",
+        when=lambda cfg: "harmony" in cfg["evaluate"]["baselines"],
+    ),
+    Stage(
+        "baseline_scvi",
+        "rvi.stages.evaluate:baseline_scvi",
+        section="evaluate",
+        reads=("covariates",),
+        gpu=True,
+        outputs={"embedding": "baselines/scvi.parquet", "history": "baselines/scvi_history.csv"},
+        target="evaluate",
+        when=lambda cfg: "scvi" in cfg["evaluate"]["baselines"],
+    ),
+    Stage(
+        "score_embeddings",
+        "rvi.stages.evaluate:evaluate",
+        section="evaluate",
+        reads=("covariates", "labels"),
+        outputs=_EVALUATION,
+        target="evaluate",
+        notebook="evaluate",
+        notebook_inputs={k: v.rstrip("/") for k, v in _EVALUATION.items()},
+    ),
+    Stage(
+        "study_report",
+        "rvi.stages.evaluate:study_report",
+        section=None,
+        reads=("study", "modalities", "covariates", "labels"),
+        outputs={"report": "report.html"},
+        target="report",
     ),
     Stage("sweep_metrics", "rvi.stages.report:sweep_metrics", section=None, resources="notebook"),
 )
