@@ -19,6 +19,7 @@ from rvi.data import (
     choose_data_path,
     estimate_memory,
     gather_dense,
+    rank_shard,
 )
 from tests.conftest import make_counts
 from tests.models.test_multimodal import make_mudata
@@ -192,11 +193,38 @@ def test_backed_file_not_csr_and_changed_shape(tmp_path):
         list(source.epoch(np.arange(80), 32, shuffle=True, drop_last=False))
 
 
-def test_distributed_sampler_keeps_scvi_loader():
+def test_rank_shards_are_equal_sized_and_cover_the_split():
+    idx = np.arange(10, 17)  # 7 cells over 3 ranks: 3 each, two repeated from the start
+    shards = [rank_shard(idx, r, 3) for r in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 3]
+    assert set(np.concatenate(shards)) == set(idx)
+    np.testing.assert_array_equal(rank_shard(idx, 0, 1), idx)
+
+
+@pytest.mark.parametrize("data_path", ["resident", "streamed"])
+def test_ddp_rank_holds_only_its_shard(monkeypatch, data_path):
     model = _rna_model()
-    split = _splitter(model, "auto", distributed_sampler=True)
-    split.setup()
-    assert split.data_path_used == "scvi" and "DDP" in split.data_path_reason
+    X = model.adata_manager.get_from_registry("X")
+    X = X.toarray() if sp.issparse(X) else np.asarray(X)
+    seen = []
+    for rank in (0, 1):
+        monkeypatch.setattr(RVIDataSplitter, "_rank_and_world", lambda self, r=rank: (r, 2))
+        scvi.settings.seed = 0  # every rank draws the same train / validation split
+        split = _splitter(model, data_path, distributed_sampler=True)
+        split.setup()
+        assert f"DDP rank {rank} of 2" in split.data_path_reason and split.data_path_used == data_path
+        expected_rows = rank_shard(split.train_idx, rank, 2)
+        if data_path == "resident":
+            n_val = len(rank_shard(split.val_idx, rank, 2))
+            assert split._built["matrices"]["X"].shape[0] == len(expected_rows) + n_val  # the shard, not all cells
+        batches = _epoch(split.train_dataloader(), seed=0)
+        got = torch.cat([b["X"] for b in batches]).numpy()
+        assert got.shape[0] == len(expected_rows)
+        # the same cells (as a multiset of count rows) as the shard's rows of the full matrix
+        key = lambda a: sorted(map(bytes, np.ascontiguousarray(a, dtype=np.float32)))  # noqa: E731
+        assert key(got) == key(X[expected_rows])
+        seen.append(set(expected_rows))
+    assert seen[0] | seen[1] == set(split.train_idx)
 
 
 def test_early_stopping_without_validation_set_is_an_error():

@@ -19,6 +19,18 @@ logger = logging.getLogger(__name__)
 DATA_PATHS = ("auto", "resident", "streamed", "scvi")
 
 
+def rank_shard(indices: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """Rank ``rank``'s share of ``indices`` (every world-th one), padded by wrapping around as torch's
+    DistributedSampler does, so that every rank has the same number of cells and so of minibatches (a rank
+    with one minibatch more would wait for the others in DDP's gradient all-reduce)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if world <= 1 or len(indices) == 0:
+        return indices
+    per_rank = -(-len(indices) // world)
+    padded = np.resize(indices, per_rank * world)  # np.resize repeats from the start
+    return padded[rank::world]
+
+
 def _is_matrix(values) -> bool:
     import scipy.sparse as sp
 
@@ -36,8 +48,9 @@ class RVIDataSplitter(DataSplitter):
 
     The split (train_size, validation_size, shuffle_set_split with ``scvi.settings.seed``, external_indexing)
     is scvi-tools' own; only the loaders differ. The choice is made in ``setup`` once the trainer's device is
-    known and recorded in ``data_path_used`` / ``data_path_reason``. With a distributed sampler (DDP) the
-    scvi-tools loader is used.
+    known and recorded in ``data_path_used`` / ``data_path_reason``. Under DDP (scvi-tools' distributed
+    sampler requested) each rank takes its shard of every split (:func:`rank_shard`) and, resident, holds
+    only the shard's cells on its device.
     """
 
     def __init__(
@@ -61,6 +74,7 @@ class RVIDataSplitter(DataSplitter):
         self.data_path_reason: str | None = None
         self.memory_estimate: MemoryEstimate | None = None
         self._built = None
+        self._split: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ choice
     @property
@@ -99,14 +113,26 @@ class RVIDataSplitter(DataSplitter):
             sources[key] = BackedCSRSource(adata.filename, where, key, block_size=self.block_size)
         return sources
 
-    def estimate(self, matrices: dict, dense: dict) -> MemoryEstimate:
-        """The memory model for this split's data and the registered module's architecture."""
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return int(trainer.global_rank), int(trainer.world_size)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def estimate(self, matrices: dict, dense: dict, n_rows: int | None = None) -> MemoryEstimate:
+        """The memory model for this split's data (``n_rows`` of its cells: a DDP rank's shard) and the
+        registered module's architecture."""
+        n_obs = self.adata_manager.adata.n_obs
+        share = 1.0 if n_rows is None else n_rows / max(n_obs, 1)
         module = getattr(self, "_module", None)
         configs = {m.registry_key: m for m in module.modalities} if module is not None else {}
         mods = []
         for key, values in matrices.items():
             cfg = configs.get(key)
             nnz = int(values.nnz) if hasattr(values, "nnz") else int(np.prod(values.shape))
+            nnz = int(round(nnz * share))
             mods.append(
                 {
                     "n_features": int(values.shape[1]),
@@ -117,8 +143,7 @@ class RVIDataSplitter(DataSplitter):
                 }
             )
         n_cov = sum(int(np.prod(np.shape(v)[1:])) if np.ndim(v) > 1 else 1 for v in dense.values())
-        n_obs = self.adata_manager.adata.n_obs
-        return estimate_memory(n_obs, mods, self.batch_size, n_cov, self.prefetch_depth)
+        return estimate_memory(n_obs if n_rows is None else n_rows, mods, self.batch_size, n_cov, self.prefetch_depth)
 
     def setup(self, stage: str | None = None):
         super().setup(stage)
@@ -132,23 +157,33 @@ class RVIDataSplitter(DataSplitter):
             self.data_path_used, self.data_path_reason = "scvi", "requested"
             self._built = {}
             return
-        if self.data_loader_kwargs.get("distributed_sampler"):
-            self.data_path_used = "scvi"
-            self.data_path_reason = "distributed training (DDP): scvi-tools' distributed sampler shards the data"
-            self._built = {}
-            return
         device = self._device()
         matrices, dense = self._registry()
         backed = self._backed_sources(matrices)
-        self.memory_estimate = self.estimate(matrices, dense)
+        self._split = {"train": self.train_idx, "val": self.val_idx, "test": self.test_idx}
+        shard_note = ""
+        if self.data_loader_kwargs.get("distributed_sampler"):
+            rank, world = self._rank_and_world()
+            self._split = {k: rank_shard(v, rank, world) for k, v in self._split.items()}
+            shard_note = f"; DDP rank {rank} of {world} holds its shard of {len(self._split['train'])} training cells"
+        n_rows = sum(len(v) for v in self._split.values()) if shard_note else None
+        self.memory_estimate = self.estimate(matrices, dense, n_rows)
         path, reason = choose_data_path(self.data_path, self.memory_estimate, free_device_bytes(device), device)
-        self.data_path_used, self.data_path_reason = path, reason
-        dense_t = {k: _dense_tensor(v, registry_key_to_default_dtype(k)).to(device) for k, v in dense.items()}
+        self.data_path_used, self.data_path_reason = path, reason + shard_note
+        dense_t = {k: _dense_tensor(v, registry_key_to_default_dtype(k)) for k, v in dense.items()}
         if path == "resident":
+            rows = None
+            if shard_note:
+                # Only this rank's cells go to its device; the loaders then index the shard's own rows.
+                rows = np.concatenate(list(self._split.values()))
+                sizes = np.cumsum([0] + [len(v) for v in self._split.values()])
+                self._split = {k: np.arange(sizes[i], sizes[i + 1]) for i, k in enumerate(self._split)}
+                dense_t = {k: v[torch.from_numpy(rows)] for k, v in dense_t.items()}
             tensors = {}
             for key, values in matrices.items():
                 host = backed[key].read_all() if key in backed else as_csr(values, f"registry key {key!r}")
-                tensors[key] = TorchCSR.from_scipy(host, device=device)
+                tensors[key] = TorchCSR.from_scipy(host if rows is None else host[rows], device=device)
+            dense_t = {k: v.to(device) for k, v in dense_t.items()}
             self._built = {"matrices": tensors, "dense": dense_t, "device": device}
         else:
             host = {}
@@ -156,6 +191,7 @@ class RVIDataSplitter(DataSplitter):
                 host = {k: as_csr(v, f"registry key {k!r}") for k, v in matrices.items()}
             if backed and len(backed) > 1:
                 raise ValueError("Streaming a backed file supports one count matrix; load the MuData into memory.")
+            dense_t = {k: v.to(device) for k, v in dense_t.items()}
             self._built = {
                 "host": host,
                 "dense": dense_t,
@@ -184,16 +220,16 @@ class RVIDataSplitter(DataSplitter):
     def train_dataloader(self):
         if self.data_path_used == "scvi":
             return super().train_dataloader()
-        return self._loader(self.train_idx, True, self.drop_last)
+        return self._loader(self._split["train"], True, self.drop_last)
 
     def val_dataloader(self):
         if self.data_path_used == "scvi":
             return super().val_dataloader()
-        if len(self.val_idx) > 0:
-            return self._loader(self.val_idx, False, False)
+        if len(self._split["val"]) > 0:
+            return self._loader(self._split["val"], False, False)
 
     def test_dataloader(self):
         if self.data_path_used == "scvi":
             return super().test_dataloader()
-        if len(self.test_idx) > 0:
-            return self._loader(self.test_idx, False, False)
+        if len(self._split["test"]) > 0:
+            return self._loader(self._split["test"], False, False)

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pandas as pd
 import torch
-from scvi.model._utils import get_max_epochs_heuristic
+from scvi.model._utils import get_max_epochs_heuristic, use_distributed_sampler
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from rvi.data import DATA_PATHS, RVIDataSplitter
@@ -46,6 +46,19 @@ def check_bool(name: str, value) -> bool:
     if isinstance(value, bool | np.bool_):
         return bool(value)
     raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}.")
+
+
+def _early_stopping_callback(kwargs: dict):
+    """scvi-tools' early-stopping callback from its train() arguments (popped), with scvi-tools' defaults."""
+    from scvi.train._callbacks import LoudEarlyStopping
+
+    return LoudEarlyStopping(
+        monitor=kwargs.pop("early_stopping_monitor", "elbo_validation"),
+        min_delta=kwargs.pop("early_stopping_min_delta", 0.0),
+        patience=kwargs.pop("early_stopping_patience", 45),
+        mode=kwargs.pop("early_stopping_mode", "min"),
+        warmup_epochs=kwargs.pop("early_stopping_warmup_epochs", 0),
+    )
 
 
 def covariate_spec_from_args(setup_args: dict) -> CovariateSpec:
@@ -192,6 +205,7 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         early_stopping_min_delta_per_feature: float | None = None,
         plan_kwargs: dict | None = None,
         data_path: str = "auto",
+        reduced_precision: bool = False,
         **kwargs,
     ):
         """Train with scvi-tools' machinery (``UnsupervisedTrainingMixin.train``).
@@ -201,6 +215,10 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         minibatches from host memory (or a backed .h5ad) ahead of use, ``"scvi"`` is scvi-tools'
         AnnDataLoader, ``"auto"`` (default) goes resident when the memory model fits the device's free
         memory and streamed otherwise. The choice and its reason are in ``model.data_path_``.
+
+        ``reduced_precision=True`` runs the encoder and decoder networks under bf16 autocast (Lightning's
+        ``precision="bf16-mixed"``; parameters, optimiser state, likelihood and priors stay fp32) and, on
+        CUDA, lets fp32 matmuls use TF32 for the duration of this call. Off by default.
 
         Adds: a KL warm-up that completes (see :func:`rvi.train.default_kl_warmup_epochs`) unless
         ``plan_kwargs`` sets one, and ``early_stopping_min_delta_per_feature``, which scales the
@@ -224,13 +242,40 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             raise ValueError(f"data_path must be one of {list(DATA_PATHS)}, got {data_path!r}.")
         kwargs["datasplitter_kwargs"] = {**(kwargs.get("datasplitter_kwargs") or {}), "data_path": data_path}
         kwargs["datasplitter_kwargs"]["module"] = self.module
-        result = super().train(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            early_stopping=early_stopping,
-            plan_kwargs=plan_kwargs,
-            **kwargs,
-        )
+        reduced_precision = check_bool("reduced_precision", reduced_precision)
+        if reduced_precision:
+            if kwargs.get("precision") not in (None, "bf16-mixed"):
+                raise ValueError(
+                    f"reduced_precision=True sets precision='bf16-mixed'; got also precision={kwargs['precision']!r}."
+                )
+            kwargs["precision"] = "bf16-mixed"
+        # The legacy switch on purpose: Lightning reads torch.get_float32_matmul_precision(), which raises once
+        # the new per-backend API has been used. It concerns CUDA matmuls only; CPU matmuls keep full fp32.
+        if early_stopping and use_distributed_sampler(kwargs.get("strategy")):
+            # scvi-tools' Trainer switches early stopping off under DDP. Its ELBO metrics are torchmetrics
+            # summed over ranks, so every rank sees the same validation value and takes the same decision
+            # (Lightning's EarlyStopping also all-reduces the decision): add the callback here instead.
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), _early_stopping_callback(kwargs)]
+            early_stopping = False
+        cuda_matmul = torch.backends.cuda.matmul
+        previous_tf32 = cuda_matmul.allow_tf32
+        # Denormal floats (tiny gradients and Adam moments) make CPU arithmetic several times slower; flushing
+        # them to zero changes values below 1e-38 only. Switched back off when training ends.
+        flushing = torch.set_flush_denormal(True)
+        try:
+            if reduced_precision:
+                cuda_matmul.allow_tf32 = True
+            result = super().train(
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                early_stopping=early_stopping,
+                plan_kwargs=plan_kwargs,
+                **kwargs,
+            )
+        finally:
+            cuda_matmul.allow_tf32 = previous_tf32
+            if flushing:
+                torch.set_flush_denormal(False)
         self._complete_history()
         splitter = getattr(getattr(self, "trainer", None), "datamodule", None)
         if isinstance(splitter, RVIDataSplitter):

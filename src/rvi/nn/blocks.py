@@ -12,6 +12,12 @@ from torch import nn
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU}
 
 
+def full_precision(t: torch.Tensor) -> torch.Tensor:
+    """A network output back in fp32 when bf16 / fp16 autocast produced it (reduced_precision); float32 and
+    float64 tensors pass unchanged."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def activation_class(name: str) -> type[nn.Module]:
     if name not in _ACTIVATIONS:
         raise ValueError(f"Unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}.")
@@ -84,8 +90,9 @@ class GaussianEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, cat: torch.Tensor | None = None):
         h = self.body(x, cat)
-        qm = self.mean(h)
-        qv = torch.exp(self.log_var(h).clamp(max=15.0)) + 1e-4
+        # under bf16 autocast (reduced_precision) the network runs in bf16, its outputs do not
+        qm = full_precision(self.mean(h))
+        qv = torch.exp(full_precision(self.log_var(h)).clamp(max=15.0)) + 1e-4
         return qm, qv
 
 
@@ -105,8 +112,8 @@ class LibraryEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, cat: torch.Tensor | None = None):
         h = self.body(x, cat)
-        a = self.mean(h).squeeze(-1)
-        b2 = torch.exp(self.log_var(h).squeeze(-1).clamp(max=10.0)) + 1e-4
+        a = full_precision(self.mean(h).squeeze(-1))
+        b2 = torch.exp(full_precision(self.log_var(h).squeeze(-1)).clamp(max=10.0)) + 1e-4
         return a, b2
 
 
@@ -146,7 +153,7 @@ class Decoder(nn.Module):
     def forward_with_hidden(self, z: torch.Tensor, cat: torch.Tensor | None = None):
         """rho and the last hidden activations h (for the hidden-activation sparsity penalty)."""
         h = self.body(z, cat)
-        return nn.functional.softplus(self.out(h)) * self.output_scale, h
+        return nn.functional.softplus(full_precision(self.out(h))) * self.output_scale, full_precision(h)
 
     def init_output_bias(self, mean_rate: torch.Tensor) -> None:
         """Start rho at the per-feature mean normalised rate (inverse softplus), so early epochs fit biology."""

@@ -102,6 +102,7 @@ def _train_kwargs(training: Mapping, train_idx: np.ndarray, val_idx: np.ndarray)
         "devices": training["devices"],
         "strategy": training["strategy"],
         "data_path": training.get("data_path", "auto"),
+        "reduced_precision": training.get("reduced_precision", False),
         "plan_kwargs": dict(training["plan_kwargs"]),
         "datasplitter_kwargs": {"external_indexing": [train_idx, val_idx, np.array([], dtype=np.int64)]},
         # Validation every epoch so the training curves always have both splits; one log line per
