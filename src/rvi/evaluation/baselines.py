@@ -60,7 +60,7 @@ def scvi_embedding(adata, batch_key: str, spec: Mapping, threads: int = 1) -> tu
     import scvi
     import torch
 
-    from rvi.stages.models import history_frame
+    from rvi.stages.training import history_frame
 
     torch.set_num_threads(max(int(threads), 1))
     scvi.settings.seed = int(spec["seed"])

@@ -61,7 +61,7 @@ def atac_qc_figure(atac_qc: pd.DataFrame) -> Figure:
 
 def summary_cards(cfg: Mapping, files: Mapping[str, Path], composite: pd.DataFrame | None) -> dict[str, object]:
     """The one-screen numbers: cells in / kept, libraries, datasets, models."""
-    from rvi.stages._util import read_obs
+    from rvi.io.h5ad import read_obs
 
     cov = cfg["covariates"]
     out: dict[str, object] = {"study": cfg["study"]}

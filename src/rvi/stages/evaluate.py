@@ -58,7 +58,7 @@ def baseline_pca(rna: str, cells: str, genes: str, embedding: str, info: str, cf
 def baseline_harmony(rna: str, cells: str, pca: str, embedding: str, cfg: Mapping, threads: int = 1) -> None:
     """Harmony on the PCA baseline, batch = the library key."""
     from rvi.evaluation.baselines import harmony_embedding
-    from rvi.stages._util import read_obs
+    from rvi.io.h5ad import read_obs
 
     spec, cov = cfg["evaluate"], cfg["covariates"]
     pcs = pd.read_parquet(pca)
