@@ -27,7 +27,7 @@ def test_multiome_dag(tmp_path):
     assert jobs["load_rna"] == 4 and jobs["load_atac"] == 4 and jobs["scrublet"] == 4
     for rule in ("merge_rna", "merge_atac", "cell_qc", "train_rna", "annotate", "select_cres", "train_multimodal"):
         assert jobs[rule] == 1, rule
-    assert jobs["notebook"] == 8
+    assert jobs["notebook"] == 9  # one per stage notebook, evaluate included
     # GPU rules carry gpu=1 and the LSF flags; the local dry run still schedules them.
     block = re.search(r"rule train_rna:.*?resources: ([^\n]*)", proc.stdout, re.S).group(1)
     assert "gpu=1" in block and "lsf_queue=normal" in block and "-gpu" in block
@@ -41,7 +41,7 @@ def test_rna_only_dag_has_no_atac_rules(tmp_path):
     jobs = job_counts(proc.stdout)
     assert jobs["load_rna"] == 3 and jobs["train_rna"] == 1 and jobs["annotate"] == 1
     assert not {"load_atac", "merge_atac", "select_cres", "train_multimodal"} & set(jobs)
-    assert jobs["notebook"] == 5
+    assert jobs["notebook"] == 6
 
 
 def test_stage_target_runs_only_what_it_needs(tmp_path):

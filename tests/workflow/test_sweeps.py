@@ -176,6 +176,7 @@ def test_rna_sweep_dag_has_one_gpu_job_per_experiment(tmp_path):
         "resources": {
             "train_rna": {"gpu": 1, "gpu_mem_mb": 80000, "queue": "gpu-normal", "mem_mb": 30000},
             "train_multimodal": {"gpu": 1, "queue": "gpu-normal"},
+            "baseline_scvi": {"gpu": 1, "queue": "gpu-normal"},
         },
     }
     proc = dry_run(tmp_path, config, "sweep")
