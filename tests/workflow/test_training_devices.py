@@ -71,13 +71,23 @@ def test_gpu_accelerator_without_a_gpu_is_an_error():
     assert "'train_rna.training.accelerator' = 'gpu' but 'resources.train_rna.gpu' = 0" in problems_of(raw)
 
 
-def test_several_devices_need_ddp_and_ddp_needs_a_count_and_no_early_stopping():
+def test_several_devices_need_ddp_and_ddp_needs_a_count():
     msg = problems_of(tiny_config(devices=2))
     assert "'train_rna.training.devices' = 2 with strategy 'auto'" in msg and "needs strategy: ddp" in msg
     msg = problems_of(tiny_config(strategy="ddp", early_stopping=False))
     assert "'train_rna.training.strategy' = 'ddp' needs an explicit 'train_rna.training.devices'" in msg
-    msg = problems_of(tiny_config(strategy="ddp", devices=1, early_stopping=True))
-    assert "'train_rna.training.early_stopping' is true with strategy 'ddp'" in msg
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", "gpu"])
+def test_early_stopping_under_ddp_is_accepted(accelerator):
+    """train() keeps early stopping on under DDP (tests/data/test_ddp.py), so the config must load as written."""
+    raw = tiny_config(accelerator=accelerator, devices=2, strategy="ddp", early_stopping=True)
+    raw["resources"]["train_rna"]["gpu"] = 2
+    cfg = load_config(raw, check_sample_sheet=False)
+    assert training_problems(cfg) == []
+    assert cfg["train_rna"]["training"]["early_stopping"] is True
+    kwargs = _train_kwargs(cfg["train_rna"]["training"], np.arange(8), np.arange(8, 10))
+    assert kwargs["early_stopping"] is True and kwargs["strategy"] == "ddp"
 
 
 def test_cpu_ddp_does_not_need_gpus():

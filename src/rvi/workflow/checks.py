@@ -100,12 +100,6 @@ def training_problems(
                 f"'{key}.training.devices' = {devices!r} with strategy {strategy!r}: training on several devices "
                 "needs strategy: ddp (or ddp_find_unused_parameters_true when some parameters get no gradient)"
             )
-        if ddp and training["early_stopping"]:
-            problems.append(
-                f"'{key}.training.early_stopping' is true with strategy {strategy!r}: scvi-tools disables early "
-                f"stopping under DDP, so training would silently run all max_epochs; set early_stopping: false "
-                f"and the max_epochs to train for"
-            )
         if ddp and n is None:
             problems.append(
                 f"'{key}.training.strategy' = {strategy!r} needs an explicit '{key}.training.devices' (the number of "
