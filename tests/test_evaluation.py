@@ -264,7 +264,7 @@ def test_harmony_removes_a_batch_shift():
 
 
 def test_chunked_edge_statistics_match_one_chunk(monkeypatch):
-    from rvi.metrics import neighbourhood as nb
+    from rvi.metrics.neighbourhood import cell_stats
 
     rng = np.random.default_rng(3)
     n = 300
@@ -276,6 +276,6 @@ def test_chunked_edge_statistics_match_one_chunk(monkeypatch):
     emb = rng.normal(size=(n, 4))
     kw = dict(library_key="library", marker_genes=list(adata.var_names), n_neighbors=8, random_baseline=False)
     whole = neighbourhood_correlation(adata, emb, **kw).per_cell
-    monkeypatch.setattr(nb, "_EDGE_CHUNK", 7)  # many blocks, most cells split from their neighbours' block
+    monkeypatch.setattr(cell_stats, "_EDGE_CHUNK", 7)  # many blocks, most cells split from their neighbours' block
     chunked = neighbourhood_correlation(adata, emb, **kw).per_cell
     pd.testing.assert_frame_equal(whole, chunked)
