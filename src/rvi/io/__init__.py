@@ -4,6 +4,10 @@ from importlib import import_module
 
 from rvi.io.atomic import atomic_dir, atomic_path, save_figure, write_csv, write_h5ad, write_parquet
 
+#: Sample-sheet columns holding input files (relative paths are resolved against the sheet's folder). Defined
+#: here rather than in rvi.io.samples (which imports anndata) so that parsing the Snakefile stays light.
+PATH_COLUMNS = ("rna_path", "fragments_path", "labels_path")
+
 # Readers pull in anndata/h5py/pysam; load them on first use so `from rvi.io import write_csv` stays light.
 _LAZY = {
     "validate_counts": "rvi.io.tenx",
@@ -19,7 +23,16 @@ _LAZY = {
     "read_obs": "rvi.io.h5ad",
 }
 
-__all__ = ["atomic_dir", "atomic_path", "save_figure", "write_csv", "write_h5ad", "write_parquet", *_LAZY]
+__all__ = [
+    "PATH_COLUMNS",
+    "atomic_dir",
+    "atomic_path",
+    "save_figure",
+    "write_csv",
+    "write_h5ad",
+    "write_parquet",
+    *_LAZY,
+]
 
 
 def __getattr__(name):

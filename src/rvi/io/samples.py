@@ -9,12 +9,9 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 
+from rvi.io import PATH_COLUMNS
 from rvi.io.tenx import GENE_EXPRESSION, load_sample
 from rvi.nesting import libraries_in_several_datasets, nesting_message
-
-PATH_COLUMNS = ("rna_path", "fragments_path", "labels_path")
-# Columns that describe files or identity rather than cells; everything else becomes an obs column.
-_NOT_METADATA = ("rna_path", "labels_path", "fragments_path")
 
 
 def read_sample_sheet(
@@ -103,7 +100,8 @@ def load_sheet_sample(
     if sample not in sheet.index:
         raise KeyError(f"sample {sample!r} not in the sample sheet (has {list(sheet.index)[:10]} ...)")
     row = sheet.loc[sample]
-    metadata = {k: v for k, v in row.items() if k not in _NOT_METADATA}
+    # File columns describe inputs, not cells; every other column becomes an obs column.
+    metadata = {k: v for k, v in row.items() if k not in PATH_COLUMNS}
     return load_sample(
         row["rna_path"],
         library=row[library_key],

@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from rvi.io import PATH_COLUMNS
 from rvi.nesting import libraries_in_several_datasets, nesting_message
 from rvi.workflow.schema import ConfigError
 
@@ -45,10 +46,6 @@ def _read_sheet_table(cfg: Mapping, path: str):
     # Paths are checked below, all at once, so a template config lists every missing file in one go.
     cov = cfg["covariates"]
     return read_sample_sheet(path, check_paths=False, library_key=cov["library_key"], dataset_key=cov["dataset_key"])
-
-
-#: Sample-sheet columns holding input files (relative paths are resolved against the sheet's folder).
-PATH_COLUMNS = ("rna_path", "fragments_path", "labels_path")
 
 
 def read_samples(cfg: Mapping, path: str | os.PathLike | None = None, check_files: bool = True):
