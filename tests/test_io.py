@@ -55,6 +55,14 @@ def _features(adata):
     )
 
 
+def test_write_demo_dataset_names_an_unknown_argument_before_writing(tmp_path):
+    with pytest.raises(TypeError, match=r"write_demo_dataset: .*'n_sample'.*simulate_demo's arguments"):
+        write_demo_dataset(tmp_path / "demo", n_sample=3)
+    with pytest.raises(TypeError, match="positional"):
+        write_demo_dataset(tmp_path / "demo", 3)
+    assert not (tmp_path / "demo").exists()
+
+
 def test_demo_layout(demo):
     for name in ("samples.tsv", "chrom_sizes.tsv", "genes.gtf", "ground_truth.csv", "cre_truth.csv"):
         assert (demo / name).is_file(), name

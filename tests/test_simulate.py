@@ -187,6 +187,22 @@ def test_specific_regions_enriched_in_their_type(mdata):
         assert share[keep & (ct == leaf)].mean() > 3 * share[keep & (ct != leaf)].mean(), leaf
 
 
+def test_multiome_deterministic_with_seed_and_its_rna_is_simulate_rna():
+    """Same seed, same MuData; with no ATAC-only pair its RNA is simulate_rna's for the same arguments (both
+    pass their parameters to one RNA simulator: a default or argument that drifts apart shows here)."""
+    kw = dict(n_cells=300, n_genes=100, n_regions=200, missing_atac_fraction=0.1, seed=3)
+    a, b = simulate_multiome(**kw), simulate_multiome(**kw)
+    for mod in ("rna", "atac"):
+        assert (a[mod].X != b[mod].X).nnz == 0
+        pd.testing.assert_frame_equal(a[mod].obs, b[mod].obs)
+    assert (simulate_multiome(**(kw | {"seed": 4}))["atac"].X != a["atac"].X).nnz > 0
+    rna = simulate_rna(n_cells=300, n_genes=100, seed=3)
+    paired = simulate_multiome(**(kw | {"n_atac_only_pairs": 0}))["rna"]
+    assert (paired.X != rna.X).nnz == 0
+    pd.testing.assert_frame_equal(paired.obs[list(rna.obs.columns)], rna.obs)
+    pd.testing.assert_frame_equal(paired.var[list(rna.var.columns)], rna.var)
+
+
 def test_bad_parameters():
     with pytest.raises(ValueError, match="ambient_fraction"):
         simulate_rna(n_cells=200, ambient_fraction=(0.3, 0.1))

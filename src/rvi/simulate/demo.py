@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 
 import mudata as md
@@ -119,25 +120,17 @@ def simulate_demo(
 
 def write_demo_dataset(
     outdir: str | Path,
-    n_samples: int = 6,
-    n_datasets: int = 3,
-    cells_per_sample: int = 600,
-    n_genes: int = 300,
-    n_regions: int = 2000,
-    n_cell_types: int = 8,
-    doublet_rate: float = 0.06,
-    mean_library_size: float = 3000,
-    mean_fragments: float = 300,
+    *,
     background_fraction: float = 0.3,
     labelled_samples: int | None = None,
-    n_atac_only_pairs: int = 0,
-    n_rna_only_pairs: int = 1,
-    seed: int = 0,
+    **simulation,
 ) -> pd.DataFrame:
     """Write the embedded demo (10x CellRanger-ARC files + sample sheet + ground truth) to ``outdir``.
 
-    The data are :func:`simulate_demo`'s (one sample = one library; libraries nested in datasets,
-    ``n_samples // n_datasets`` each). ``outdir`` is written atomically as a whole (an
+    The data are :func:`simulate_demo`'s for the keyword arguments ``simulation`` (``n_samples``, ``seed``,
+    ...; its defaults for those not given: one list of arguments and defaults for both). One sample = one
+    library; libraries nested in datasets, ``n_samples // n_datasets`` each. ``background_fraction``: share
+    of each cell's fragments placed outside every peak. ``outdir`` is written atomically as a whole (an
     existing folder is replaced). Layout::
 
         outdir/samples.tsv         sample sheet (below), paths relative to outdir
@@ -167,21 +160,16 @@ def write_demo_dataset(
     from rvi.io.fragments import write_fragments
     from rvi.io.tenx import GENE_EXPRESSION, PEAKS, write_10x_h5
 
+    try:
+        args = inspect.signature(simulate_demo).bind(**simulation)
+    except TypeError as err:
+        raise TypeError(
+            f"write_demo_dataset: {err} (simulate_demo's arguments, or background_fraction, labelled_samples)"
+        ) from None
+    args.apply_defaults()
+    n_samples, seed = args.arguments["n_samples"], args.arguments["seed"]
     n_labelled = n_samples // 2 if labelled_samples is None else int(labelled_samples)
-    mdata = simulate_demo(
-        n_samples=n_samples,
-        n_datasets=n_datasets,
-        cells_per_sample=cells_per_sample,
-        n_genes=n_genes,
-        n_regions=n_regions,
-        n_cell_types=n_cell_types,
-        doublet_rate=doublet_rate,
-        mean_library_size=mean_library_size,
-        mean_fragments=mean_fragments,
-        n_atac_only_pairs=n_atac_only_pairs,
-        n_rna_only_pairs=n_rna_only_pairs,
-        seed=seed,
-    )
+    mdata = simulate_demo(**args.arguments)
     rna, atac, obs = mdata["rna"], mdata["atac"], mdata.obs
     regions = atac.var
     chrom_sizes = dict(
