@@ -40,6 +40,31 @@ class NeighbourhoodResult:
     missing_markers: list[str] = field(default_factory=list)
 
 
+def _marker_set(
+    adata, marker_genes, label_keys, layer, dataset_key, gene_symbols_key, seed
+) -> tuple[list[str], list[str]]:
+    """The marker genes to score (``marker_genes`` without repeats, else :func:`select_marker_genes`'s) and
+    those absent from var_names, which are left out with a warning attributed to the caller's caller."""
+    if marker_genes is None:
+        marker_genes = select_marker_genes(
+            adata,
+            label_keys=label_keys,
+            layer=layer,
+            dataset_key=dataset_key,
+            gene_symbols_key=gene_symbols_key,
+            seed=seed,
+        )
+    markers = list(dict.fromkeys(marker_genes))
+    present = set(adata.var_names)
+    absent = [g for g in markers if g not in present]
+    if absent:
+        warnings.warn(
+            f"{len(absent)} of {len(markers)} marker genes are not in var_names and are skipped: {absent[:10]}",
+            stacklevel=3,
+        )
+    return [g for g in markers if g in present], absent
+
+
 def neighbourhood_correlation(
     adata,
     embedding: np.ndarray | None = None,
@@ -94,25 +119,8 @@ def neighbourhood_correlation(
     if C.shape != (adata.n_obs, adata.n_obs):
         raise ValueError(f"connectivities shape {C.shape} does not match {adata.n_obs} cells")
 
-    if marker_genes is None:
-        marker_genes = select_marker_genes(
-            adata,
-            label_keys=label_keys,
-            layer=layer,
-            dataset_key=dataset_key,
-            gene_symbols_key=gene_symbols_key,
-            seed=seed,
-        )
-    marker_genes = list(dict.fromkeys(marker_genes))
+    marker_genes, absent = _marker_set(adata, marker_genes, label_keys, layer, dataset_key, gene_symbols_key, seed)
     marker_idx = pd.Index(adata.var_names).get_indexer(marker_genes)
-    absent = [g for g, i in zip(marker_genes, marker_idx) if i < 0]
-    if absent:
-        warnings.warn(
-            f"{len(absent)} of {len(marker_genes)} marker genes are not in var_names and are skipped: {absent[:10]}",
-            stacklevel=2,
-        )
-        marker_genes = [g for g, i in zip(marker_genes, marker_idx) if i >= 0]
-        marker_idx = marker_idx[marker_idx >= 0]
     if len(marker_genes) < 3:
         raise ValueError(f"need at least 3 marker genes present in the data, found {len(marker_genes)}")
     P = marker_profiles(_get_counts(adata, layer), marker_idx, log1p=log1p)
@@ -169,25 +177,7 @@ def neighbourhood_benchmark(
     marker selection (genes absent from var are reported and skipped); ``connectivities`` gives a
     precomputed graph for some of the embeddings (by name), e.g. the one a training stage saved.
     """
-    if marker_genes is None:
-        markers = select_marker_genes(
-            adata,
-            label_keys=label_keys,
-            layer=layer,
-            dataset_key=dataset_key,
-            gene_symbols_key=gene_symbols_key,
-            seed=seed,
-        )
-    else:
-        markers = list(dict.fromkeys(marker_genes))
-    present = set(adata.var_names)
-    absent = [g for g in markers if g not in present]
-    if absent:
-        warnings.warn(
-            f"{len(absent)} of {len(markers)} marker genes are not in var_names and are skipped: {absent[:10]}",
-            stacklevel=2,
-        )
-        markers = [g for g in markers if g in present]
+    markers, absent = _marker_set(adata, marker_genes, label_keys, layer, dataset_key, gene_symbols_key, seed)
     graphs = dict(connectivities or {})
     results = {}
     for i, (name, emb) in enumerate(embeddings.items()):
