@@ -1,17 +1,17 @@
-"""Scrublet per library: detection quality on the demo data, small libraries, retries, plots."""
+"""Scrublet per library: detection quality on the demo data, the v-score gene filter, small libraries,
+retries, plots."""
 
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
 import rvi.doublets as doublets
-from rvi.doublets import SCRUBLET_COLUMNS, run_scrublet, scrublet_library
+from rvi.doublets import SCRUBLET_COLUMNS, run_scrublet, scrublet_library, vscore_genes
 from rvi.plots import doublet_scores
 from rvi.simulate import simulate_demo, simulate_rna
-
-pytest.importorskip("scrublet")
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +74,19 @@ def test_fixed_threshold_and_plot():
     fig = doublet_scores(pd.concat([out, small]))
     assert isinstance(fig, Figure) and sum(ax.get_visible() for ax in fig.axes) == 2
     assert np.isfinite(out["doublet_score"]).all()
+
+
+def test_vscore_filter_keeps_the_overdispersed_genes():
+    # 40 Poisson genes and 10 overdispersed ones (negative binomial, same means): the top 20 % by v-score are
+    # the overdispersed ones; genes below min_counts in min_cells cells are dropped whatever their score.
+    rng = np.random.default_rng(0)
+    means = np.tile(np.geomspace(0.5, 20, 10), 5)
+    poisson = rng.poisson(means[:40], size=(800, 40))
+    overdispersed = rng.negative_binomial(1.0, 1.0 / (1.0 + means[40:]), size=(800, 10))
+    counts = sp.csr_matrix(np.hstack([poisson, overdispersed]).astype(float))
+    keep = vscore_genes(counts, min_vscore_pctl=80)
+    assert set(keep) <= set(range(40, 50)) and len(keep) >= 8
+    rare = counts.tolil()
+    rare[:, 45] = 0
+    rare[:2, 45] = 50  # huge variance, in 2 cells only
+    assert 45 not in vscore_genes(sp.csr_matrix(rare), min_vscore_pctl=80)

@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from rvi.stages.integration import integration_metrics
-from rvi.stages.report import annotation_rows, atac_share, multimodal_rows
+from rvi.stages.report import annotation_confusion, annotation_rows, atac_share, multimodal_rows, scored_cells
 
 COV = {"library_key": "library", "dataset_key": "dataset"}
 
@@ -85,3 +85,24 @@ def test_annotation_check_leaves_out_chromatin_only_subtypes():
     rows = {r["check"]: r for r in annotation_rows(gt, ann, rna_obs, ["l1", "l2"], {"C1", "C2"})}
     assert rows["annotation_accuracy_l2_finest"]["value"] == 1.0
     assert rows["annotation_accuracy_l2_chromatin_only_subtypes"]["value"] == pytest.approx(0.5)
+
+
+def test_annotation_confusion_counts_the_judged_cells():
+    obs, _ = _cells(40)  # 10 cells per library, types A, B, C1, C2 in turn
+    gt = obs.assign(cell_type_l1=obs["cell_type"].str[0], cell_type_l2=obs["cell_type"])
+    gt.loc["c10", "is_doublet"] = True  # library l2, type C1
+    rna_obs = obs.assign(l1=np.nan, l2=np.nan)
+    rna_obs.loc[rna_obs["library"] == "l1", ["l1", "l2"]] = "x"
+    ann = pd.DataFrame({"l1": gt["cell_type_l1"], "l2": gt["cell_type"].replace("B", "A")}, index=obs.index)
+    ann.loc["c12", "l2"] = np.nan  # type A, left without a label at the finer level
+    cells, with_pairs = scored_cells(gt, ann, rna_obs, ["l1", "l2"], {"C1", "C2"})
+    # singlets of the unlabelled libraries l2-l4 (30 cells, one doublet), the chromatin-only C1 / C2 apart
+    assert len(with_pairs) == 29 and len(cells) == 14
+    table = annotation_confusion(gt, ann, cells, ["l1", "l2"])
+    assert list(table.columns) == ["level", "true", "predicted", "n_cells"]
+    l2 = table.loc[table["level"] == "l2"]
+    assert l2.loc[l2["predicted"].isna(), "true"].tolist() == ["A"]
+    counts = l2.dropna().set_index(["true", "predicted"])["n_cells"].to_dict()
+    assert counts == {("A", "A"): 6, ("B", "A"): 7}
+    l1 = table.loc[table["level"] == "l1"].set_index(["true", "predicted"])["n_cells"].to_dict()
+    assert l1 == {("A", "A"): 7, ("B", "B"): 7}

@@ -116,3 +116,52 @@ def test_other_shared_figures_draw():
     assert len(attribution_by_group(attr, table["library"]).axes[0].get_xticklabels()) == 3
     report = pd.DataFrame({"check": ["a", "b"], "value": [0.9, 0.2], "threshold": [0.8, 0.5], "passed": [True, False]})
     assert len(ground_truth_checks(report).axes[0].patches) == 2
+
+
+def test_confusion_fractions_are_row_normalised_with_the_diagonal_aligned():
+    from rvi.plots import confusion_fractions
+
+    counts = pd.DataFrame(
+        {
+            "true": ["B", "B", "A", "A", "A", "C"],
+            "predicted": ["B", "A", "A", "D", None, "C"],
+            "n_cells": [3, 1, 6, 2, 2, 5],
+        }
+    )
+    mat = confusion_fractions(counts)
+    assert list(mat.index) == ["A", "B", "C"]
+    # true labels first (same order as the rows), then labels only predicted, then missing predictions
+    assert list(mat.columns) == ["A", "B", "C", "D", "unassigned"]
+    expected = np.array(
+        [
+            [0.6, 0.0, 0.0, 0.2, 0.2],
+            [0.25, 0.75, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0, 0.0],
+        ]
+    )
+    np.testing.assert_allclose(mat.to_numpy(), expected)
+    with pytest.raises(ValueError, match="n_cells"):
+        confusion_fractions(counts.drop(columns="n_cells"))
+
+
+def test_annotation_confusion_draws_one_labelled_heatmap_per_level():
+    from rvi.plots import annotation_confusion
+
+    table = pd.DataFrame(
+        {
+            "level": ["label_l1"] * 2 + ["label_l2"] * 3,
+            "true": ["A", "B", "A1", "A1", "B1"],
+            "predicted": ["A", "B", "A1", "B1", "B1"],
+            "n_cells": [4, 6, 3, 1, 6],
+        }
+    )
+    fig = annotation_confusion(table, ["label_l1", "label_l2"])
+    heatmaps = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in heatmaps] == ["label l1 (10 cells)", "label l2 (10 cells)"]
+    l2 = heatmaps[1]
+    np.testing.assert_allclose(l2.images[0].get_array(), [[0.75, 0.25], [0.0, 1.0]])
+    assert [t.get_text() for t in l2.get_yticklabels()] == ["A1", "B1"]
+    assert [t.get_text() for t in l2.get_xticklabels()] == ["A1", "B1"]
+    assert {t.get_text() for t in l2.texts} == {"0.75", "0.25", "1.00"}
+    with pytest.raises(ValueError, match="no annotation level"):
+        annotation_confusion(table, ["label_l3"])

@@ -1,5 +1,6 @@
 """The figures stages and notebooks draw: UMAP panels, training curves, QC distributions and counts,
-doublet scores, ATAC QC, annotation purity and composition, attribution maps, ground-truth checks.
+doublet scores, ATAC QC, annotation purity and composition, attribution maps, ground-truth checks and
+the annotation's confusion against the truth.
 
 Every function returns a ``matplotlib.figure.Figure`` that is not attached to pyplot (nothing leaks in
 batch jobs; notebooks display it by leaving it as the cell's value). Conventions: unlabelled cells
@@ -369,4 +370,63 @@ def ground_truth_checks(report: pd.DataFrame) -> Figure:
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
     ax.tick_params(axis="x", rotation=30)
+    return fig
+
+
+def confusion_fractions(counts: pd.DataFrame, unassigned: str = "unassigned") -> pd.DataFrame:
+    """Row-normalised confusion matrix from a long table of ``true``, ``predicted``, ``n_cells``.
+
+    Rows are the true labels, columns the predicted ones in the same order (so the diagonal is the agreement),
+    then labels only ever predicted, then ``unassigned`` (a missing prediction) last. Each row sums to 1: the
+    fraction of that label's cells given each prediction.
+    """
+    missing = {"true", "predicted", "n_cells"} - set(counts.columns)
+    if missing:
+        raise ValueError(f"confusion table lacks column(s) {sorted(missing)} (has {list(counts.columns)})")
+    frame = counts.assign(
+        true=counts["true"].astype(str),
+        predicted=counts["predicted"].astype(object).where(counts["predicted"].notna(), unassigned).astype(str),
+    )
+    matrix = frame.pivot_table(index="true", columns="predicted", values="n_cells", aggfunc="sum", fill_value=0)
+    rows = sorted(matrix.index, key=_natural)
+    extra = sorted((c for c in matrix.columns if c not in set(rows) and c != unassigned), key=_natural)
+    cols = [*rows, *extra] + ([unassigned] if unassigned in matrix.columns else [])
+    matrix = matrix.reindex(index=rows, columns=cols, fill_value=0).astype(float)
+    totals = matrix.sum(axis=1)
+    return matrix.div(totals.where(totals > 0), axis=0).fillna(0.0)
+
+
+def annotation_confusion(table: pd.DataFrame, levels: Sequence[str] | None = None) -> Figure:
+    """One heatmap per annotation level of the predicted label (columns) against the true one (rows),
+    row-normalised (:func:`confusion_fractions`), each cell's fraction printed when the matrix is small.
+
+    ``table``: the ground-truth stage's ``ground_truth_confusion.csv`` (level, true, predicted, n_cells)."""
+    levels = list(levels) if levels is not None else list(dict.fromkeys(table["level"].astype(str)))
+    levels = [lv for lv in levels if (table["level"].astype(str) == lv).any()]
+    if not levels:
+        raise ValueError(f"no annotation level to draw (levels in the table: {sorted(set(table['level']))})")
+    mats = {lv: confusion_fractions(table.loc[table["level"].astype(str) == lv]) for lv in levels}
+    side = max(max(m.shape) for m in mats.values())
+    fig, axes = _grid(len(levels), len(levels), (max(3.2, 0.45 * side + 2.0), max(3.0, 0.4 * side + 1.6)))
+    for ax, (level, mat) in zip(axes, mats.items()):
+        image = ax.imshow(mat.to_numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(mat.shape[1]), mat.columns, rotation=90, fontsize=9)
+        ax.set_yticks(range(mat.shape[0]), mat.index, fontsize=9)
+        ax.set_xlabel("predicted", fontsize=10)
+        ax.set_ylabel("true", fontsize=10)
+        n = int(table.loc[table["level"].astype(str) == level, "n_cells"].sum())
+        ax.set_title(f"{_title(level, None)} ({n} cells)", fontsize=11)
+        if max(mat.shape) <= 15:
+            for (i, j), value in np.ndenumerate(mat.to_numpy()):
+                if value >= 0.005:
+                    ax.text(
+                        j,
+                        i,
+                        f"{value:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if value > 0.6 else "black",
+                    )
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="fraction of the true label's cells")
     return fig

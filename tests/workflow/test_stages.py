@@ -125,3 +125,27 @@ def test_doublet_auroc_row():
     scores = pd.DataFrame({"doublet_score": [0.9, 0.1, 0.2, np.nan]}, index=list("abcd"))
     row = report.doublet_rows(gt, scores)[0]
     assert row["value"] == 1.0 and row["n"] == 3 and row["passed"]
+
+
+def test_qc_columns_with_gaps_are_written_to_h5ad(tmp_path):
+    import anndata as ad
+
+    from rvi.stages.export import h5ad_safe_columns
+
+    # cell_qc.csv read back: fail_reasons is text for failing cells only, so the passing cells' slice is an
+    # object column of NaN; predicted_doublet is NaN where Scrublet skipped a small library.
+    cells = ["a", "b", "c"]
+    qc = pd.DataFrame(
+        {
+            "fail_reasons": pd.Series([np.nan, np.nan, np.nan], index=cells, dtype=object),
+            "predicted_doublet": pd.Series([True, np.nan, False], index=cells, dtype=object),
+            "total_counts": [10.0, 20.0, 30.0],
+        },
+        index=cells,
+    )
+    safe = h5ad_safe_columns(qc)
+    ad.AnnData(np.zeros((3, 1), dtype=np.float32), obs=safe).write_h5ad(tmp_path / "x.h5ad")
+    obs = ad.read_h5ad(tmp_path / "x.h5ad").obs
+    assert obs["fail_reasons"].astype(str).tolist() == ["", "", ""]
+    assert obs["predicted_doublet"].tolist()[::2] == [True, False] and pd.isna(obs["predicted_doublet"].iloc[1])
+    assert obs["total_counts"].tolist() == [10.0, 20.0, 30.0]

@@ -20,6 +20,22 @@ def _read_table(path: str, what: str) -> pd.DataFrame:
     return table
 
 
+def h5ad_safe_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns as .h5ad can store them: True/False with gaps -> nullable boolean, other text with gaps
+    -> str with "" for missing (h5py cannot write NaN inside a string column; e.g. cell_qc's fail_reasons,
+    empty for every passing cell)."""
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype != object:
+            continue
+        present = out[col].dropna()
+        if len(present) and present.map(lambda v: isinstance(v, bool | np.bool_)).all():
+            out[col] = out[col].astype("boolean")
+        else:
+            out[col] = out[col].where(out[col].notna(), "").astype(str)
+    return out
+
+
 def _aligned(table: pd.DataFrame, names: pd.Index, path: str, what: str) -> pd.DataFrame:
     """``table`` in the order of ``names``; every cell must be there (the tables come from one run)."""
     missing = names.difference(table.index)
@@ -56,7 +72,7 @@ def integrated_rna(rna: str, cells: str, genes: str, latent: str, umap: str, lei
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
     qc_cols = [c for c in qc.columns if c not in adata.obs.columns]
-    adata.obs = adata.obs.join(qc.loc[kept, qc_cols])
+    adata.obs = adata.obs.join(h5ad_safe_columns(qc.loc[kept, qc_cols]))
     clusters = _aligned(_read_table(leiden, "Leiden"), adata.obs_names, leiden, "Leiden")
     adata.obs["leiden"] = pd.Categorical(clusters["leiden"].astype(str))
     labels = _aligned(_read_table(annotation, "annotation"), adata.obs_names, annotation, "annotation")

@@ -48,12 +48,17 @@ def ground_truth_report(
     rna_latent: str | None = None,
     multimodal_latent: str | None = None,
     attribution: str | None = None,
+    confusion: str | None = None,
     threads: int = 1,
 ) -> None:
     """Score a simulated run: Scrublet AUROC, annotation accuracy on unlabelled libraries, CRE precision and,
     with the multimodal model's outputs, its batch mixing beside the RNA model's and what it adds on the
-    chromatin-only subtype pairs (``pairs``: the demo's subtype_pairs.csv)."""
+    chromatin-only subtype pairs (``pairs``: the demo's subtype_pairs.csv).
+
+    ``confusion``: where to write the annotation's cell counts per level x true x predicted label on the
+    cells the accuracy rows judge (:func:`annotation_confusion`; header only without cell truth)."""
     rows = []
+    confusion_table = pd.DataFrame(columns=CONFUSION_COLUMNS)
     levels = list(cfg["labels"]["levels"])
     pair_table = pd.read_csv(pairs) if pairs else None
     if truth:
@@ -62,7 +67,10 @@ def ground_truth_report(
         rows += doublet_rows(gt, pd.read_csv(scrublet, index_col=0))
         ann = pd.read_csv(annotation, index_col=0)
         library_key = cfg["covariates"]["library_key"]
-        rows += annotation_rows(gt, ann, obs, levels, _pair_types(pair_table), library_key=library_key)
+        excluded = _pair_types(pair_table)
+        rows += annotation_rows(gt, ann, obs, levels, excluded, library_key=library_key)
+        cells, _ = scored_cells(gt, ann, obs, levels, excluded, library_key)
+        confusion_table = annotation_confusion(gt, ann, cells, levels)
         if rna_latent and multimodal_latent:
             rows += multimodal_rows(
                 gt,
@@ -83,6 +91,8 @@ def ground_truth_report(
     table = pd.DataFrame(rows, columns=["check", "value", "threshold", "passed", "n", "detail"])
     print(table.to_string(index=False))
     write_csv(table, report, index=False)
+    if confusion:
+        write_csv(confusion_table, confusion, index=False)
 
 
 def doublet_rows(gt: pd.DataFrame, scores: pd.DataFrame) -> list[dict]:
@@ -112,6 +122,49 @@ def _pair_types(pairs: pd.DataFrame | None, kind: str = "chromatin_only") -> set
     return set(sel["type_a"].astype(str)) | set(sel["type_b"].astype(str))
 
 
+def scored_cells(
+    gt: pd.DataFrame,
+    ann: pd.DataFrame,
+    obs: pd.DataFrame,
+    levels: Sequence[str],
+    excluded_types: set[str] = frozenset(),
+    library_key: str = "library",
+) -> tuple[pd.Index, pd.Index]:
+    """The cells the annotation is judged on: singlets of the libraries without any partial label, without
+    ``excluded_types`` (first index) and with them (second)."""
+    obs = obs.reindex(ann.index)
+    labelled_libs = set(obs.loc[obs[levels].notna().any(axis=1), library_key].astype(str)) if levels else set()
+    unlabelled = (~obs[library_key].astype(str).isin(labelled_libs)).to_numpy()
+    singlet = (~gt["is_doublet"].reindex(ann.index).fillna(False).astype(bool)).to_numpy()
+    kept = (~gt["cell_type"].reindex(ann.index).astype(str).isin(set(excluded_types))).to_numpy()
+    return ann.index[unlabelled & singlet & kept], ann.index[unlabelled & singlet]
+
+
+def _truth_columns(gt: pd.DataFrame, levels: Sequence[str]) -> dict[str, str]:
+    """Truth column per label level: the simulator's cell_type_l<i>, else a column named as the level."""
+    return {lv: f"cell_type_l{i + 1}" if f"cell_type_l{i + 1}" in gt else lv for i, lv in enumerate(levels)}
+
+
+CONFUSION_COLUMNS = ["level", "true", "predicted", "n_cells"]
+
+
+def annotation_confusion(gt: pd.DataFrame, ann: pd.DataFrame, cells: pd.Index, levels: Sequence[str]) -> pd.DataFrame:
+    """Cell counts per (level, true label, predicted label) on ``cells``; a missing prediction stays NaN."""
+    truth_cols = _truth_columns(gt, levels)
+    parts = []
+    for level in levels:
+        if level not in ann or truth_cols[level] not in gt:
+            continue
+        pair = pd.DataFrame(
+            {"true": gt.loc[cells, truth_cols[level]].astype(str), "predicted": ann.loc[cells, level].astype(object)}
+        )
+        counts = pair.groupby(["true", "predicted"], dropna=False).size().rename("n_cells").reset_index()
+        parts.append(counts.assign(level=level))
+    if not parts:
+        return pd.DataFrame(columns=CONFUSION_COLUMNS)
+    return pd.concat(parts, ignore_index=True)[CONFUSION_COLUMNS]
+
+
 def annotation_rows(
     gt: pd.DataFrame,
     ann: pd.DataFrame,
@@ -125,14 +178,10 @@ def annotation_rows(
     ``excluded_types`` (the chromatin-only subtypes, which the RNA-based annotation cannot tell apart by
     design) are left out of these rows; :func:`multimodal_rows` scores them from the joint latent."""
     obs = obs.reindex(ann.index)
-    labelled_libs = set(obs.loc[obs[levels].notna().any(axis=1), library_key].astype(str)) if levels else set()
-    unlabelled = ~obs[library_key].astype(str).isin(labelled_libs)
-    singlet = ~gt["is_doublet"].reindex(ann.index).fillna(False).astype(bool)
-    kept = ~gt["cell_type"].reindex(ann.index).astype(str).isin(set(excluded_types))
-    cells = ann.index[unlabelled.to_numpy() & singlet.to_numpy() & kept.to_numpy()]
-    rows = _excluded_pair_rows(gt, ann, ann.index[unlabelled.to_numpy() & singlet.to_numpy()], levels, excluded_types)
+    cells, judged = scored_cells(gt, ann, obs, levels, excluded_types, library_key)
+    rows = _excluded_pair_rows(gt, ann, judged, levels, excluded_types)
     finest = [lv for lv in levels if obs[lv].notna().any()][-1:] if levels else []
-    truth_cols = {lv: f"cell_type_l{i + 1}" if f"cell_type_l{i + 1}" in gt else lv for i, lv in enumerate(levels)}
+    truth_cols = _truth_columns(gt, levels)
     for level in levels:
         pred = ann.loc[cells, level].astype(object)
         true = gt.loc[cells, truth_cols[level]].astype(str)

@@ -332,10 +332,10 @@ REGISTRY: tuple[Stage, ...] = (
         "rvi.stages.report:ground_truth_report",
         section="ground_truth",
         reads=("labels", "select_cres", "covariates"),
-        outputs={"report": "ground_truth_report.csv"},
+        outputs={"report": "ground_truth_report.csv", "confusion": "ground_truth_confusion.csv"},
         target="ground_truth",
         notebook="ground_truth_report",
-        notebook_inputs={"report": "ground_truth_report.csv"},
+        notebook_inputs={"report": "ground_truth_report.csv", "confusion": "ground_truth_confusion.csv"},
         when=lambda cfg: bool(cfg["ground_truth"]["cells"] or cfg["ground_truth"]["cres"]),
     ),
     # Evaluation (docs/metrics_spec.md): baselines on the RNA model's cells and genes, every embedding
