@@ -28,10 +28,10 @@ def demo_data(sheet: str, cfg: Mapping, threads: int = 1, **outputs) -> None:
 
 def load_rna(counts: str, h5ad: str, cfg: Mapping, sample: Mapping, threads: int = 1) -> None:
     """One sample -> AnnData of raw counts, obs_names ``{library}-{barcode}``, standard obs columns."""
-    from rvi.io.samples import _NOT_METADATA
+    from rvi.io import PATH_COLUMNS
     from rvi.io.tenx import load_sample
 
-    metadata = {k: v for k, v in sample.items() if k not in _NOT_METADATA}
+    metadata = {k: v for k, v in sample.items() if k not in PATH_COLUMNS}
     library_key = cfg["covariates"]["library_key"]
     adata = load_sample(
         counts,
