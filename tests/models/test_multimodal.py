@@ -194,3 +194,67 @@ def test_covariates_that_differ_between_tables():
 def test_setup_anndata_points_to_setup_mudata():
     with pytest.raises(TypeError, match="setup_mudata"):
         RegularizedMultimodalVI.setup_anndata(make_mudata().mod["rna"])
+
+
+def test_tfidf_encoder_input_is_depth_free_and_weights_rare_features():
+    mdata = make_mudata()
+    model = _model(mdata, encoder_input={"atac": "tfidf"})
+    module = model.module
+    assert module.encoder_input == {"atac": "tfidf", "rna": "log_normalized"}
+    atac = mdata.mod["atac"].X.toarray()
+    expected_idf = np.log1p(atac.shape[0] / np.maximum((atac > 0).sum(0), 1))
+    np.testing.assert_allclose(module.idf_atac.numpy(), expected_idf, rtol=1e-6)
+    assert "idf_atac" in module.state_dict() and not any(p is module.idf_atac for p in module.parameters())
+    x = torch.tensor(atac[:10])
+    h = module._encoder_input(x, x.sum(-1), None, "atac")
+    # binarised: the same accessible features at any count give the same input
+    np.testing.assert_allclose(h.numpy(), module._encoder_input(3 * x, 3 * x.sum(-1), None, "atac").numpy())
+    b = (atac[:10] > 0).astype(float)
+    expected = np.log1p(1e4 * b / np.maximum(b.sum(1, keepdims=True), 1) * expected_idf)  # rare peaks weigh more
+    np.testing.assert_allclose(h.numpy(), expected, rtol=1e-5)
+    model.train(max_epochs=1, batch_size=60)
+    assert np.isfinite(model.get_latent_representation()).all()
+    with pytest.raises(ValueError, match="encoder_input for 'atac' must be one of"):
+        _model(encoder_input={"atac": "lsi"})
+    with pytest.raises(ValueError, match="encoder_input names unknown modalities"):
+        _model(encoder_input={"protein": "tfidf"})
+
+
+def test_shared_slice_is_the_product_of_the_modality_experts_and_the_prior():
+    mdata = make_mudata()
+    atac = mdata.mod["atac"].X.toarray()
+    atac[:5] = 0  # five cells without ATAC: their shared posterior is the RNA expert times the prior
+    mdata.mod["atac"].X = sp.csr_matrix(atac)
+    model = _model(mdata, n_latent={"rna": 2, "atac": 1}, n_latent_shared=3)
+    module = model.module
+    model.train(max_epochs=1, batch_size=60)
+    module.eval()
+    rna = torch.tensor(mdata.mod["rna"].X.toarray()[:10])
+    x = {"rna": rna, "atac": torch.tensor(atac[:10])}
+    with torch.no_grad():
+        inf = module.inference(x, sample=False)
+        experts = {}
+        for m, n_private in (("rna", 2), ("atac", 1)):
+            h = module._encoder_input(x[m], x[m].sum(-1), None, m)
+            qm, qv = module.encoders[m](h)
+            experts[m] = (qm[:, n_private:], qv[:, n_private:])
+            np.testing.assert_allclose(inf["qz_m"][m].numpy(), qm[:, :n_private].numpy(), rtol=1e-5)
+    has_atac = torch.tensor([0.0] * 5 + [1.0] * 5)[:, None]
+    precision = 1.0 + 1.0 / experts["rna"][1] + has_atac / experts["atac"][1]
+    mean = (experts["rna"][0] / experts["rna"][1] + has_atac * experts["atac"][0] / experts["atac"][1]) / precision
+    np.testing.assert_allclose(inf["shared"]["qz_v"].numpy(), (1.0 / precision).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(inf["shared"]["qz_m"].numpy(), mean.numpy(), rtol=1e-4, atol=1e-6)
+    # pooling two experts is more certain than either alone
+    assert torch.all(inf["shared"]["qz_v"][5:] < experts["rna"][1][5:])
+
+    parts = model.get_modality_latents()
+    assert {k: v.shape[1] for k, v in parts.items()} == {"atac": 1, "rna": 2, "shared": 3}
+    np.testing.assert_allclose(model.get_latent_representation()[:, 3:], parts["shared"])
+    assert "shared_kl_z_train" in model.history_
+    assert len(model.latent_variance_ratio()) == 6
+    attribution = model.get_modality_attribution()
+    assert {"frob_shared", "frob_atac", "frob_rna", "log2_ratio_atac_rna"} <= set(attribution.columns)
+    with pytest.raises(ValueError, match="n_latent_shared must be a non-negative integer"):
+        _model(n_latent_shared=-1)
+    with pytest.raises(ValueError, match="latent space is empty"):
+        _model(n_latent={"rna": 0, "atac": 0})

@@ -76,10 +76,7 @@ def modality_attribution(
     module = model.module
     module.eval()
     adata = model._validate_anndata(adata)
-    blocks, start = {}, 0
-    for m in module.modalities:
-        blocks[m.name] = list(range(start, start + m.n_latent))
-        start += m.n_latent
+    blocks = {name: list(range(b.start, b.stop)) for name, b in module.latent_blocks().items()}
     idx = {}
     for m, names in (features or {}).items():
         index = model._feature_index(model._modality(m))

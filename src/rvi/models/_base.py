@@ -14,7 +14,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from rvi.data import DATA_PATHS, RVIDataSplitter
 from rvi.models._covariates import CovariateSpec, resolve_covariate_keys
 from rvi.models._stats import dispersion_from_data, library_prior_stats, modality_stats
-from rvi.module.vae import CAT_KEY, ModalityConfig, RegularizedVAE
+from rvi.module.vae import CAT_KEY, ModalityConfig, RegularizedVAE, resolve_encoder_inputs
 from rvi.train import RVITrainingPlan, default_kl_warmup_epochs
 
 logger = logging.getLogger(__name__)
@@ -159,6 +159,9 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         lib_groups = codes[:, lib_col] if lib_col is not None else None
         n_lib_groups = n_cats[lib_col] if lib_col is not None else 1
 
+        inputs = resolve_encoder_inputs(
+            module_kwargs.get("encoder_input", "log_normalized"), [m["name"] for m in modalities]
+        )
         configs = []
         for m in modalities:
             X = self.adata_manager.get_from_registry(m["registry_key"])
@@ -172,6 +175,8 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
                 mean_rate=(stats.mean_fraction * scale).tolist(),
                 density=stats.density,
             )
+            if inputs[m["name"]] == "tfidf":
+                cfg.idf = np.log1p(X.shape[0] / np.maximum(stats.detected, 1.0)).tolist()
             if dispersion_init == "data":
                 cfg.init_theta = dispersion_from_data(stats.mean, stats.var, stats.total).tolist()
             if ambient_init == "data" and cfg.additive_background:
@@ -358,6 +363,8 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
                 if self.module.latent_prior_kind == "ard":
                     qv = qv * self.module.latent_prior[name].precision()
                 parts.append(qv)
+            if "shared" in inf:  # the shared slice always has the Normal(0, I) prior
+                parts.append(inf["shared"]["qz_v"])
             qv = torch.cat(parts, dim=-1)
             sums = qv.sum(0) if sums is None else sums + qv.sum(0)
             n += qv.shape[0]
@@ -386,7 +393,9 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
                 raise ValueError(
                     f"method='precision' needs latent_prior='ard'; this model has {self.module.latent_prior_kind!r}."
                 )
-            alpha = torch.cat([self.module.latent_prior[m].precision() for m in self.module.modality_names])
+            alpha = [self.module.latent_prior[m].precision().detach() for m in self.module.modality_names]
+            alpha.append(torch.ones(self.module.n_latent_shared, device=alpha[0].device))  # shared: Normal(0, I)
+            alpha = torch.cat(alpha)
             return np.flatnonzero(alpha.detach().cpu().numpy() < (10.0 if threshold is None else threshold))
         raise ValueError(f"method must be 'variance' or 'precision', got {method!r}.")
 
@@ -536,13 +545,10 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
 
     # ------------------------------------------------------------------ multimodal views
     def get_modality_latents(self, adata=None, indices=None, batch_size: int | None = None) -> dict[str, np.ndarray]:
-        """The joint latent split into its per-modality slices (alphabetical order of names)."""
+        """The joint latent split into its blocks: per-modality slices (alphabetical order of names), then
+        "shared" when the model has one (``n_latent_shared``)."""
         z = self.get_latent_representation(adata, indices, batch_size=batch_size)
-        out, start = {}, 0
-        for m in self.module.modalities:
-            out[m.name] = z[:, start : start + m.n_latent]
-            start += m.n_latent
-        return out
+        return {name: z[:, block] for name, block in self.module.latent_blocks().items()}
 
     def get_modality_attribution(
         self, adata=None, indices=None, batch_size: int = 256, dims_per_pass: int = 8, features: dict | None = None

@@ -40,6 +40,7 @@ class ModalityStats:
     mean_fraction: np.ndarray  # per feature: mean over cells of x / total
     category_fraction: list[np.ndarray]  # per ambient key: (n_cats, F) mean of x / total in each category
     density: float  # fraction of non-zero entries
+    detected: np.ndarray  # per feature: number of cells with a non-zero count
 
 
 def modality_stats(X, ambient_codes: list[np.ndarray], n_cats: list[int], chunk_size: int = 10_000) -> ModalityStats:
@@ -51,9 +52,11 @@ def modality_stats(X, ambient_codes: list[np.ndarray], n_cats: list[int], chunk_
     cat_sums = [np.zeros((k, f)) for k in n_cats]
     cat_counts = [np.zeros(k) for k in n_cats]
     nnz = 0
+    detected = np.zeros(f)
     for start, block in iter_row_chunks(X, chunk_size):
         rows = block.shape[0]
         nnz += int(np.count_nonzero(block.data if sp.issparse(block) else block))
+        detected += np.asarray((block > 0).sum(0)).ravel()
         if sp.issparse(block):
             block = block.astype(np.float64)
             t = np.asarray(block.sum(1)).ravel()
@@ -82,7 +85,7 @@ def modality_stats(X, ambient_codes: list[np.ndarray], n_cats: list[int], chunk_
             cat_counts[k] += np.bincount(c, minlength=n_cats[k])
     var = m2 / max(count - 1, 1)
     cat_frac = [s / np.maximum(c, 1)[:, None] for s, c in zip(cat_sums, cat_counts)]
-    return ModalityStats(total, mean, var, frac_sum / max(n, 1), cat_frac, nnz / max(n * f, 1))
+    return ModalityStats(total, mean, var, frac_sum / max(n, 1), cat_frac, nnz / max(n * f, 1), detected)
 
 
 def library_prior_stats(total: np.ndarray, groups: np.ndarray | None, n_groups: int) -> tuple[np.ndarray, np.ndarray]:

@@ -33,6 +33,25 @@ CONT_KEY = "rvi_continuous"
 # Measured on 2 CPU threads at 1024 x 2000, h1024: with theta shared per dispersion group the dense path is
 # ~5 % cheaper per step at 43 % non-zeros (with theta per entry the sparse path had won up to ~60 %).
 SPARSE_LIKELIHOOD_BELOW = 0.3
+# What the encoders see: log1p of depth-normalised counts, log1p of raw counts, or TF-IDF of the binarised
+# counts (log1p(scale * idf_f * b_nf / sum_f b_nf), the LSI normalisation ATAC analyses use).
+ENCODER_INPUTS = ("log_normalized", "log1p", "tfidf")
+
+
+def resolve_encoder_inputs(encoder_input, names: list[str]) -> dict[str, str]:
+    """``encoder_input`` (one value, or a dict {modality: value} whose missing modalities get
+    "log_normalized") -> {modality: value}, validated."""
+    if isinstance(encoder_input, dict):
+        unknown = sorted(set(encoder_input) - set(names))
+        if unknown:
+            raise ValueError(f"encoder_input names unknown modalities {unknown}; the model has {names}.")
+        chosen = {m: encoder_input.get(m, "log_normalized") for m in names}
+    else:
+        chosen = {m: encoder_input for m in names}
+    for m, value in chosen.items():
+        if value not in ENCODER_INPUTS:
+            raise ValueError(f"encoder_input for {m!r} must be one of {list(ENCODER_INPUTS)}, got {value!r}.")
+    return chosen
 
 
 @dataclass
@@ -55,6 +74,7 @@ class ModalityConfig:
     mean_rate: list[float] | None = None
     ambient_init: list[list[list[float]]] | None = None
     density: float = 1.0  # fraction of non-zero entries; below SPARSE_LIKELIHOOD_BELOW the sparse NB path is used
+    idf: list[float] | None = None  # per feature log(1 + N / n_detected), for encoder_input "tfidf"
 
 
 def log_nb(
@@ -162,6 +182,11 @@ class RegularizedVAE(BaseModuleClass):
         Local L1 on the decoder's last hidden activations (summed over units, meaned over cells); 0 = off.
     decoder_l1_weight
         Global L1 on the decoder weight matrices (divided by n_obs, next to ``decoder_l2_weight``); 0 = off.
+    n_latent_shared
+        Dimensions of a shared slice, appended after the private ones: every encoder also gives a Gaussian
+        "expert" over it, and q(z_shared) is their product with the Normal(0, I) prior (precision-weighted
+        pooling of the modalities' evidence; a cell without a modality drops its expert). Normal prior
+        whatever ``latent_prior`` says. 0 (default) = private slices only.
     """
 
     def __init__(
@@ -174,7 +199,7 @@ class RegularizedVAE(BaseModuleClass):
         activation: str = "relu",
         use_layer_norm: bool = True,
         use_batch_norm: bool = False,
-        encoder_input: str = "log_normalized",
+        encoder_input: str | dict = "log_normalized",
         normalization_scale: float = 1e4,
         regularise_background: bool = False,
         regularise_feature_scaling: bool = True,
@@ -190,10 +215,9 @@ class RegularizedVAE(BaseModuleClass):
         z_l1_weight: float = 0.0,
         hidden_l1_weight: float = 0.0,
         decoder_l1_weight: float = 0.0,
+        n_latent_shared: int = 0,
     ):
         super().__init__()
-        if encoder_input not in ("log_normalized", "log1p"):
-            raise ValueError(f"encoder_input must be 'log_normalized' or 'log1p', got {encoder_input!r}.")
         if latent_prior not in LATENT_PRIORS:
             raise ValueError(f"latent_prior must be one of {list(LATENT_PRIORS)}, got {latent_prior!r}.")
         for name, value in (
@@ -206,19 +230,29 @@ class RegularizedVAE(BaseModuleClass):
         self.latent_prior_kind = latent_prior
         self.z_l1_weight, self.hidden_l1_weight = float(z_l1_weight), float(hidden_l1_weight)
         self.decoder_l1_weight = float(decoder_l1_weight)
+        if isinstance(n_latent_shared, bool) or not isinstance(n_latent_shared, int) or n_latent_shared < 0:
+            raise ValueError(f"n_latent_shared must be a non-negative integer, got {n_latent_shared!r}.")
+        self.n_latent_shared = n_latent_shared
         mods = [m if isinstance(m, ModalityConfig) else ModalityConfig(**m) for m in modalities]
         self.modalities = sorted(mods, key=lambda m: m.name)
         self.modality_names = [m.name for m in self.modalities]
         self.modality_config = {m.name: m for m in self.modalities}
+        self.encoder_input = resolve_encoder_inputs(encoder_input, self.modality_names)
+        for m in self.modalities:  # idf is a data statistic: a buffer, saved with the weights, never trained
+            if self.encoder_input[m.name] == "tfidf":
+                if m.idf is None or len(m.idf) != m.n_features:
+                    raise ValueError(f"encoder_input 'tfidf' for {m.name!r} needs idf with one value per feature.")
+                self.register_buffer(f"idf_{m.name}", torch.tensor(m.idf, dtype=torch.float32))
         self.n_cats_per_cov = list(n_cats_per_cov)
         self.cols = {k: (list(v) if isinstance(v, list | tuple) else v) for k, v in covariate_columns.items()}
         self.n_continuous_cov = n_continuous_cov
-        self.encoder_input = encoder_input
         self.normalization_scale = normalization_scale
         self.regularise_background = regularise_background
         self.regularise_feature_scaling = regularise_feature_scaling
         self.decoder_l2_weight = decoder_l2_weight
-        self.n_latent_total = sum(m.n_latent for m in self.modalities)
+        self.n_latent_total = sum(m.n_latent for m in self.modalities) + n_latent_shared
+        if self.n_latent_total == 0:
+            raise ValueError("The latent space is empty: give some modality n_latent > 0 or n_latent_shared > 0.")
 
         n_cond = sum(self.n_cats_per_cov[j] for j in self.cols.get("nn_conditioning", []))
         n_enc_cat = sum(self.n_cats_per_cov[j] for j in self.cols.get("encoder", []))
@@ -238,7 +272,13 @@ class RegularizedVAE(BaseModuleClass):
             n_in = m.n_features + n_continuous_cov
             c = float(torch.log(torch.tensor(m.centering_sensitivity)))
             self.encoders[m.name] = GaussianEncoder(
-                n_in, m.n_latent, m.n_hidden, m.n_layers, n_cat_in=n_enc_cat, dropout_rate=dropout_rate, **fc
+                n_in,
+                m.n_latent + n_latent_shared,
+                m.n_hidden,
+                m.n_layers,
+                n_cat_in=n_enc_cat,
+                dropout_rate=dropout_rate,
+                **fc,
             )
             # No input dropout for the library encoder: it estimates depth from all counts.
             self.library_encoders[m.name] = LibraryEncoder(
@@ -281,6 +321,16 @@ class RegularizedVAE(BaseModuleClass):
         cols = self.cols.get(purpose, [])
         return [cat[:, j].long() for j in cols] if cols else []
 
+    def latent_blocks(self) -> dict[str, slice]:
+        """Where each block lives in the joint z: private slices in alphabetical order, then "shared"."""
+        blocks, start = {}, 0
+        for m in self.modalities:
+            blocks[m.name] = slice(start, start + m.n_latent)
+            start += m.n_latent
+        if self.n_latent_shared:
+            blocks["shared"] = slice(start, start + self.n_latent_shared)
+        return blocks
+
     def _one_hot(self, cat: torch.Tensor | None, purpose: str) -> torch.Tensor | None:
         cols = self.cols.get(purpose, [])
         if not cols:
@@ -291,9 +341,14 @@ class RegularizedVAE(BaseModuleClass):
         j = self.cols.get(purpose)
         return None if j is None else cat[:, j].long()
 
-    def _encoder_input(self, x: torch.Tensor, total: torch.Tensor, cont: torch.Tensor | None) -> torch.Tensor:
-        if self.encoder_input == "log_normalized":
+    def _encoder_input(self, x: torch.Tensor, total: torch.Tensor, cont: torch.Tensor | None, modality: str):
+        kind = self.encoder_input[modality]
+        if kind == "log_normalized":
             h = torch.log1p(x * (self.normalization_scale / total.clamp(min=1.0))[:, None])
+        elif kind == "tfidf":
+            b = (x > 0).to(x.dtype)
+            tf = b * (self.normalization_scale / b.sum(-1).clamp(min=1.0))[:, None]
+            h = torch.log1p(tf * getattr(self, f"idf_{modality}"))
         else:
             h = torch.log1p(x)
         return h if cont is None else torch.cat([h, cont], dim=-1)
@@ -320,11 +375,19 @@ class RegularizedVAE(BaseModuleClass):
         enc_cat = self._one_hot(cat, "encoder")
         out = {"qz_m": {}, "qz_v": {}, "z_parts": {}, "z_mean": {}, "log_library": {}, "ql_m": {}, "ql_v": {}}
         out["total"] = {}
+        # product of experts for the shared slice: the prior's precision 1 plus each present modality's
+        shared_precision, shared_weighted_mean = 1.0, 0.0
         for m in self.modalities:
             xm = x[m.name]
             total = xm.sum(-1)
-            h = self._encoder_input(xm, total, cont)
+            h = self._encoder_input(xm, total, cont, m.name)
             qm, qv = self.encoders[m.name](h, enc_cat)
+            if self.n_latent_shared:
+                present = (total > 0).to(qm.dtype)[:, None]
+                expert_precision = present / qv[:, m.n_latent :]
+                shared_precision = shared_precision + expert_precision
+                shared_weighted_mean = shared_weighted_mean + expert_precision * qm[:, m.n_latent :]
+                qm, qv = qm[:, : m.n_latent], qv[:, : m.n_latent]
             z_m = qm + qv.sqrt() * torch.randn_like(qm) if sample else qm
             z_mean = qm
             if self.latent_prior_kind == "horseshoe":
@@ -340,7 +403,13 @@ class RegularizedVAE(BaseModuleClass):
             for key, val in (("qz_m", qm), ("qz_v", qv), ("z_parts", z_m), ("log_library", log_l)):
                 out[key][m.name] = val
             out["ql_m"][m.name], out["ql_v"][m.name], out["total"][m.name] = l_mean, l_var, total
-        out["z"] = torch.cat([out["z_parts"][name] for name in self.modality_names], dim=-1)
+        parts = [out["z_parts"][name] for name in self.modality_names]
+        if self.n_latent_shared:
+            qm, qv = shared_weighted_mean / shared_precision, 1.0 / shared_precision
+            z_shared = qm + qv.sqrt() * torch.randn_like(qm) if sample else qm
+            out["shared"] = {"qz_m": qm, "qz_v": qv, "z": z_shared}
+            parts.append(z_shared)
+        out["z"] = torch.cat(parts, dim=-1)
         return out
 
     def decode_rate(self, z: torch.Tensor, cat, cont, modality: str, include_background: bool = True):
@@ -466,6 +535,11 @@ class RegularizedVAE(BaseModuleClass):
                 kl_z_m = 0.5 * (qv + qm**2 - 1.0 - torch.log(qv)).sum(-1)  # KL(q(z) || N(0, I))
             metrics[f"{m}_kl_z"] = kl_z_m.mean().detach()
             kl_z = kl_z + kl_z_m
+        if self.n_latent_shared:
+            qm, qv = inference_outputs["shared"]["qz_m"], inference_outputs["shared"]["qz_v"]
+            kl_shared = 0.5 * (qv + qm**2 - 1.0 - torch.log(qv)).sum(-1)
+            metrics["shared_kl_z"] = kl_shared.mean().detach()
+            kl_z = kl_z + kl_shared
         # Local sparsity penalties: summed over dimensions / hidden units, meaned over the minibatch below.
         sparsity = torch.zeros_like(recon)
         for m in self.modality_names:
