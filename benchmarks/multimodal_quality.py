@@ -7,6 +7,7 @@ Embeddings, all of one width for the deep models (``--width``):
   multivi        scvi-tools MULTIVI on RNA + peaks, batch = library
   rvi_rna        rvi AmbientRegularizedSCVI on RNA, library as library/ambient key
   rvi_multimodal rvi RegularizedMultimodalVI, joint latent; plus its slices rvi_multimodal_rna / _atac
+                 (and _shared with --shared-latent)
 
 Metrics: rvi.metrics.scib_benchmark (scib-metrics, unscaled), label = cell_type, batch = library, on all
 4,640 cells. Peaks: the ``--n-peaks`` most frequently detected (ties broken by position), the same set
@@ -71,7 +72,14 @@ def atac_lsi(atac, width: int, seed: int) -> np.ndarray:
 
 
 def train_embeddings(
-    mdata, model: str, width: int, epochs: int, seed: int, atac_latent: int, batch_size: int = 128
+    mdata,
+    model: str,
+    width: int,
+    epochs: int,
+    seed: int,
+    atac_latent: int,
+    batch_size: int = 128,
+    shared_latent: int = 0,
 ) -> dict[str, np.ndarray]:
     import scvi
 
@@ -105,15 +113,11 @@ def train_embeddings(
     if model == "rvi_multimodal":
         mm = mdata.copy()
         RegularizedMultimodalVI.setup_mudata(mm, modalities=["rna", "atac"], library_key="library")
-        n_latent = {"rna": width - atac_latent, "atac": atac_latent}
-        m = RegularizedMultimodalVI(mm, n_hidden=128, n_latent=n_latent)
+        n_latent = {"rna": width - shared_latent - atac_latent, "atac": atac_latent}
+        m = RegularizedMultimodalVI(mm, n_hidden=128, n_latent=n_latent, n_latent_shared=shared_latent)
         m.train(**fit)
-        parts = m.get_modality_latents()
-        return {
-            model: m.get_latent_representation(),
-            f"{model}_rna": parts["rna"],
-            f"{model}_atac": parts["atac"],
-        }
+        blocks = {f"{model}_{name}": z for name, z in m.get_modality_latents().items()}
+        return {model: m.get_latent_representation()} | blocks
     raise ValueError(f"unknown model {model!r}; choose from {MODELS}")
 
 
@@ -154,7 +158,10 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--width", type=int, default=20, help="latent width of every deep model")
-    parser.add_argument("--atac-latent", type=int, default=8, help="rvi multimodal: dims of the ATAC slice")
+    parser.add_argument("--atac-latent", type=int, default=4, help="rvi multimodal: dims of the ATAC slice")
+    parser.add_argument(
+        "--shared-latent", type=int, default=0, help="rvi multimodal: dims of the shared product-of-experts block"
+    )
     parser.add_argument("--n-peaks", type=int, default=5000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
@@ -167,21 +174,26 @@ def main(argv=None) -> None:
     from rvi.metrics import scib_benchmark
 
     torch.set_num_threads(args.threads)
-    if not 0 < args.atac_latent < args.width:
-        raise ValueError(f"--atac-latent must be in (0, --width={args.width}), got {args.atac_latent}")
+    if not 0 < args.atac_latent < args.width - args.shared_latent:
+        raise ValueError(
+            f"--atac-latent must be in (0, --width - --shared-latent = {args.width - args.shared_latent}), "
+            f"got {args.atac_latent}"
+        )
     mdata = load(args.data, args.n_peaks)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out.exists():
         args.out.unlink()
     settings = (
         f"epochs={args.epochs} batch_size={args.batch_size} width={args.width} "
-        f"atac_latent={args.atac_latent} n_peaks={args.n_peaks}"
+        f"atac_latent={args.atac_latent} shared_latent={args.shared_latent} n_peaks={args.n_peaks}"
     )
     for seed in args.seeds:
         embeddings, seconds = {}, {}
         for model in args.models:
             t0 = time.perf_counter()
-            got = train_embeddings(mdata, model, args.width, args.epochs, seed, args.atac_latent, args.batch_size)
+            got = train_embeddings(
+                mdata, model, args.width, args.epochs, seed, args.atac_latent, args.batch_size, args.shared_latent
+            )
             for name in got:
                 seconds[name] = time.perf_counter() - t0
             embeddings |= got
