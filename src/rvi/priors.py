@@ -64,6 +64,11 @@ def normal_kl(m_q: torch.Tensor, v_q: torch.Tensor, m_p: torch.Tensor, v_p: torc
     return 0.5 * (torch.log(v_p) - torch.log(v_q) + (v_q + (m_q - m_p) ** 2) / v_p - 1.0)
 
 
+def standard_normal_kl(m_q: torch.Tensor, v_q: torch.Tensor) -> torch.Tensor:
+    """KL(Normal(m_q, v_q) || Normal(0, I)) summed over the last dimension."""
+    return 0.5 * (v_q + m_q**2 - 1.0 - torch.log(v_q)).sum(-1)
+
+
 class HierarchicalDispersion(nn.Module):
     """Inverse dispersion theta_{f,d} with a variational LogNormal and a containment prior.
 
@@ -336,7 +341,7 @@ class HorseshoeLatentPrior(nn.Module):
 
     def kl(self, qm: torch.Tensor, qv: torch.Tensor) -> torch.Tensor:
         """Per-cell local KL: that of u against N(0, 1) plus that of lambda, summed over dimensions."""
-        kl_u = 0.5 * (qv + qm**2 - 1.0 - torch.log(qv)).sum(-1)
+        kl_u = standard_normal_kl(qm, qv)
         lam_mu, lam_log_sigma = self.local_posterior(qm)
         return kl_u + lognormal_halfcauchy_kl(lam_mu, lam_log_sigma, 1.0).sum(-1)
 

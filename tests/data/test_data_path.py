@@ -147,6 +147,16 @@ def test_memory_model_formula_and_forced_resident_error():
         choose_data_path("resident", est, 1000, torch.device("cpu"))
 
 
+def test_memory_model_counts_the_shared_block_in_every_encoder_and_once_in_the_decoders():
+    mod = {"n_features": 200, "nnz": 5000, "n_hidden": 64}
+    one = estimate_memory(1000, [{**mod, "n_latent": 8}], 128, n_latent_shared=4)
+    assert one.model_bytes == estimate_memory(1000, [{**mod, "n_latent": 12}], 128).model_bytes
+    two = estimate_memory(1000, [{**mod, "n_latent": 8}] * 2, 128, n_latent_shared=4)
+    without = estimate_memory(1000, [{**mod, "n_latent": 8}] * 2, 128)
+    # per encoder 2 heads x 64 x 4 more; per decoder 4 more inputs x 64 (the block is counted once in z)
+    assert two.model_bytes - without.model_bytes == 16 * 2 * (2 * 64 * 4 + 4 * 64)
+
+
 def test_bad_data_path_value():
     model = _rna_model()
     with pytest.raises(ValueError, match="data_path must be one of"):

@@ -55,16 +55,18 @@ def estimate_memory(
     batch_size: int,
     n_covariate_columns: int = 0,
     prefetch_depth: int = 2,
+    n_latent_shared: int = 0,
 ) -> MemoryEstimate:
     """Bytes of a run. ``modalities``: one dict per modality with ``n_features``, ``nnz``, ``n_hidden``,
-    ``n_latent`` and ``n_layers`` (default 1)."""
+    ``n_latent`` and ``n_layers`` (default 1); every encoder also outputs the ``n_latent_shared`` block."""
     if n_cells <= 0 or batch_size <= 0:
         raise ValueError(f"n_cells and batch_size must be positive, got {n_cells} and {batch_size}.")
-    n_latent_total = sum(int(m["n_latent"]) for m in modalities)
+    n_latent_total = sum(int(m["n_latent"]) for m in modalities) + n_latent_shared
     data = 4 * n_cells * n_covariate_columns + 8 * n_cells
     params = act = prefetch = 0
     for m in modalities:
         f, nnz, h, z = (int(m[k]) for k in ("n_features", "nnz", "n_hidden", "n_latent"))
+        z += n_latent_shared
         layers = int(m.get("n_layers", 1))
         data += 8 * (n_cells + 1) + 8 * nnz
         params += count_parameters(f, h, z, layers, n_latent_total)

@@ -143,7 +143,9 @@ class RVIDataSplitter(DataSplitter):
                 }
             )
         n_cov = sum(int(np.prod(np.shape(v)[1:])) if np.ndim(v) > 1 else 1 for v in dense.values())
-        return estimate_memory(n_obs if n_rows is None else n_rows, mods, self.batch_size, n_cov, self.prefetch_depth)
+        shared = getattr(module, "n_latent_shared", 0)
+        n = n_obs if n_rows is None else n_rows
+        return estimate_memory(n, mods, self.batch_size, n_cov, self.prefetch_depth, n_latent_shared=shared)
 
     def setup(self, stage: str | None = None):
         super().setup(stage)

@@ -396,7 +396,7 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             alpha = [self.module.latent_prior[m].precision().detach() for m in self.module.modality_names]
             alpha.append(torch.ones(self.module.n_latent_shared, device=alpha[0].device))  # shared: Normal(0, I)
             alpha = torch.cat(alpha)
-            return np.flatnonzero(alpha.detach().cpu().numpy() < (10.0 if threshold is None else threshold))
+            return np.flatnonzero(alpha.cpu().numpy() < (10.0 if threshold is None else threshold))
         raise ValueError(f"method must be 'variance' or 'precision', got {method!r}.")
 
     def _transformed_codes(self, cat: torch.Tensor, transform_batch) -> list[torch.Tensor]:

@@ -26,6 +26,7 @@ from rvi.priors import (
     decoder_l2,
     gather_rows,
     normal_kl,
+    standard_normal_kl,
 )
 
 CAT_KEY = "rvi_categoricals"
@@ -532,12 +533,12 @@ class RegularizedVAE(BaseModuleClass):
             if m in self.latent_prior:  # ARD: per-dimension prior; horseshoe: KL of u and of lambda
                 kl_z_m = self.latent_prior[m].kl(qm, qv)
             else:
-                kl_z_m = 0.5 * (qv + qm**2 - 1.0 - torch.log(qv)).sum(-1)  # KL(q(z) || N(0, I))
+                kl_z_m = standard_normal_kl(qm, qv)
             metrics[f"{m}_kl_z"] = kl_z_m.mean().detach()
             kl_z = kl_z + kl_z_m
         if self.n_latent_shared:
             qm, qv = inference_outputs["shared"]["qz_m"], inference_outputs["shared"]["qz_v"]
-            kl_shared = 0.5 * (qv + qm**2 - 1.0 - torch.log(qv)).sum(-1)
+            kl_shared = standard_normal_kl(qm, qv)
             metrics["shared_kl_z"] = kl_shared.mean().detach()
             kl_z = kl_z + kl_shared
         # Local sparsity penalties: summed over dimensions / hidden units, meaned over the minibatch below.
