@@ -316,6 +316,10 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             raise ValueError(f"Unknown modality {modality!r}; the model has {names}.")
         return modality
 
+    def _slice_weights(self) -> dict[str, float]:
+        """{modality: factor} applied to the joint representation; none for a single modality."""
+        return {}
+
     def _feature_names(self, modality: str) -> pd.Index:
         return self._feature_index(modality)
 
@@ -327,11 +331,13 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         give_mean: bool = True,
         batch_size: int | None = None,
         active_only: bool = False,
+        weighted: bool = True,
     ) -> np.ndarray:
         """Joint latent (posterior mean by default), slices in alphabetical order of modality names.
 
-        ``active_only=True`` keeps the dimensions :meth:`get_active_latent_dims` reports as active
-        (computed on the same cells).
+        ``weighted=True`` multiplies each private slice by the model's ``joint_latent_weights`` (multimodal
+        model; the RNA model has none), ``weighted=False`` gives z itself. ``active_only=True`` keeps the
+        dimensions :meth:`get_active_latent_dims` reports as active (computed on the same cells).
         """
         self._check_if_trained(warn=False)
         self.module.eval()
@@ -340,6 +346,10 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             inf = self.module.inference(**self.module._get_inference_input(tensors), sample=not give_mean)
             out.append(inf["z"].cpu())
         z = torch.cat(out).numpy()
+        if weighted:
+            for name, weight in self._slice_weights().items():
+                if weight != 1.0:
+                    z[:, self.module.latent_blocks()[name]] *= weight
         if active_only:
             z = z[:, self.get_active_latent_dims(adata, indices, batch_size=batch_size)]
         return z
@@ -545,9 +555,9 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
 
     # ------------------------------------------------------------------ multimodal views
     def get_modality_latents(self, adata=None, indices=None, batch_size: int | None = None) -> dict[str, np.ndarray]:
-        """The joint latent split into its blocks: per-modality slices (alphabetical order of names), then
-        "shared" when the model has one (``n_latent_shared``)."""
-        z = self.get_latent_representation(adata, indices, batch_size=batch_size)
+        """The joint latent z split into its blocks (unweighted): per-modality slices (alphabetical order of
+        names), then "shared" when the model has one (``n_latent_shared``)."""
+        z = self.get_latent_representation(adata, indices, batch_size=batch_size, weighted=False)
         return {name: z[:, block] for name, block in self.module.latent_blocks().items()}
 
     def get_modality_attribution(

@@ -38,6 +38,22 @@ def _modality_list(name: str, value, modalities: list[str]) -> list[str]:
     return value
 
 
+DEFAULT_JOINT_LATENT_WEIGHTS = {"atac": 0.5}
+
+
+def resolve_joint_latent_weights(value, modalities: list[str]) -> dict[str, float]:
+    """{modality: weight} for every modality; None gives DEFAULT_JOINT_LATENT_WEIGHTS (others 1)."""
+    if value is None:
+        value = {m: w for m, w in DEFAULT_JOINT_LATENT_WEIGHTS.items() if m in modalities}
+    named = _per_modality("joint_latent_weights", value, modalities)
+    weights = {m: 1.0 for m in modalities}
+    for m, w in named.items():
+        if isinstance(w, bool) or not isinstance(w, int | float) or not np.isfinite(w) or w <= 0:
+            raise ValueError(f"joint_latent_weights[{m!r}] must be a positive number, got {w!r}.")
+        weights[m] = float(w)
+    return weights
+
+
 def align_modalities(mdata: MuData, modalities: list[str] | None = None) -> MuData:
     """A new MuData whose modalities all hold the union of cells in one order; absent cells become all-zero
     rows (which the model masks out of that modality's terms). Global obs is carried over."""
@@ -86,6 +102,14 @@ class RegularizedMultimodalVI(RVIModelBase):
         can only be explained through the latent.
     learnable_modality_scale
         Learn softplus(r_m)/0.7 per modality with a Gamma prior centred at 1.
+    joint_latent_weights
+        Factor each private slice is multiplied by in :meth:`get_latent_representation` (the embedding that
+        neighbours, UMAP, clustering and the metrics use); the model's z and the decoders are unaffected.
+        A scalar applies to every modality, a dict {modality: weight} to those it names (others: 1). The
+        default (None) halves the ATAC slice: on real shallow multiome its posterior means are mostly
+        chromatin variation that neither cell type nor depth explains (3% of its variance is cell type on
+        SNARE-seq cortex, vs 30% for the RNA slice), so at full weight it dilutes the RNA slice's types,
+        while half weight keeps chromatin-only states apart (docs/model.md, "Joint latent weights").
     **module_kwargs
         Passed to :class:`rvi.module.RegularizedVAE`.
     """
@@ -102,10 +126,12 @@ class RegularizedMultimodalVI(RVIModelBase):
         feature_scaling_modalities: list[str] | None = None,
         dispersion_init: str = "prior",
         ambient_init: str = "data",
+        joint_latent_weights: float | dict | None = None,
         **module_kwargs,
     ):
         super().__init__(mdata)
         names = self.modality_names_registered
+        self.joint_latent_weights = resolve_joint_latent_weights(joint_latent_weights, names)
         values = {
             "n_hidden": _per_modality("n_hidden", n_hidden, names),
             "n_latent": _per_modality("n_latent", n_latent, names),
@@ -147,6 +173,9 @@ class RegularizedMultimodalVI(RVIModelBase):
 
     def _feature_index(self, modality: str) -> pd.Index:
         return self.adata.mod[self._mod_key(modality)].var_names
+
+    def _slice_weights(self) -> dict[str, float]:
+        return self.joint_latent_weights
 
     @classmethod
     def setup_anndata(cls, adata, *args, **kwargs):
