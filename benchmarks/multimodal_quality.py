@@ -6,13 +6,17 @@ Embeddings, all of one width for the deep models (``--width``):
   scvi           scvi-tools SCVI on RNA, batch = library
   multivi        scvi-tools MULTIVI on RNA + peaks, batch = library
   rvi_rna        rvi AmbientRegularizedSCVI on RNA, library as library/ambient key
-  rvi_multimodal rvi RegularizedMultimodalVI, joint latent; plus its slices rvi_multimodal_rna / _atac
-                 (and _shared with --shared-latent)
+  rvi_multimodal rvi RegularizedMultimodalVI, joint latent (ATAC slice at the model's default weight, or
+                 --atac-weight); plus rvi_multimodal_unweighted (z itself) and its slices
+                 rvi_multimodal_rna / _atac (and _shared with --shared-latent)
+  rvi_rna+atac_lsi  both embeddings side by side (each scaled to mean sd 1), when both are run: what
+                 the two modalities' separate best give together
 
 Metrics: rvi.metrics.scib_benchmark (scib-metrics, unscaled), label = cell_type, batch = library, on all
-4,640 cells. Peaks: the ``--n-peaks`` most frequently detected (ties broken by position), the same set
-for every ATAC model. One CSV row per (seed, embedding), appended as each seed finishes; a plot of the
-seed means at the end.
+4,640 cells; and "kNN label accuracy" (rvi.metrics.knn_label_accuracy, 5-fold, k = 15), a supervised
+probe of how much label information an embedding holds. Peaks: the ``--n-peaks`` most frequently
+detected (ties broken by position), the same set for every ATAC model. One CSV row per (seed, embedding),
+appended as each seed finishes; a plot of the seed means at the end.
 
     PYTHONPATH=src nice python benchmarks/multimodal_quality.py --seeds 0 1 2 --epochs 60 \\
         --out benchmarks/results/multimodal_quality.csv
@@ -80,6 +84,7 @@ def train_embeddings(
     atac_latent: int,
     batch_size: int = 128,
     shared_latent: int = 0,
+    atac_weight: float | None = None,
 ) -> dict[str, np.ndarray]:
     import scvi
 
@@ -114,10 +119,16 @@ def train_embeddings(
         mm = mdata.copy()
         RegularizedMultimodalVI.setup_mudata(mm, modalities=["rna", "atac"], library_key="library")
         n_latent = {"rna": width - shared_latent - atac_latent, "atac": atac_latent}
-        m = RegularizedMultimodalVI(mm, n_hidden=128, n_latent=n_latent, n_latent_shared=shared_latent)
+        weights = None if atac_weight is None else {"atac": atac_weight}
+        m = RegularizedMultimodalVI(
+            mm, n_hidden=128, n_latent=n_latent, n_latent_shared=shared_latent, joint_latent_weights=weights
+        )
         m.train(**fit)
         blocks = {f"{model}_{name}": z for name, z in m.get_modality_latents().items()}
-        return {model: m.get_latent_representation()} | blocks
+        joint = {model: m.get_latent_representation()}
+        if m.joint_latent_weights["atac"] != 1.0:
+            joint[f"{model}_unweighted"] = m.get_latent_representation(weighted=False)
+        return joint | blocks
     raise ValueError(f"unknown model {model!r}; choose from {MODELS}")
 
 
@@ -162,6 +173,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--shared-latent", type=int, default=0, help="rvi multimodal: dims of the shared product-of-experts block"
     )
+    parser.add_argument("--atac-weight", type=float, default=None, help="rvi multimodal: joint_latent_weights['atac']")
     parser.add_argument("--n-peaks", type=int, default=5000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
@@ -171,7 +183,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    from rvi.metrics import scib_benchmark
+    from rvi.metrics import knn_label_accuracy, scib_benchmark
 
     torch.set_num_threads(args.threads)
     if not 0 < args.atac_latent < args.width - args.shared_latent:
@@ -185,19 +197,33 @@ def main(argv=None) -> None:
         args.out.unlink()
     settings = (
         f"epochs={args.epochs} batch_size={args.batch_size} width={args.width} "
-        f"atac_latent={args.atac_latent} shared_latent={args.shared_latent} n_peaks={args.n_peaks}"
+        f"atac_latent={args.atac_latent} shared_latent={args.shared_latent} n_peaks={args.n_peaks} "
+        f"atac_weight={args.atac_weight}"
     )
     for seed in args.seeds:
         embeddings, seconds = {}, {}
         for model in args.models:
             t0 = time.perf_counter()
             got = train_embeddings(
-                mdata, model, args.width, args.epochs, seed, args.atac_latent, args.batch_size, args.shared_latent
+                mdata,
+                model,
+                args.width,
+                args.epochs,
+                seed,
+                args.atac_latent,
+                batch_size=args.batch_size,
+                shared_latent=args.shared_latent,
+                atac_weight=args.atac_weight,
             )
             for name in got:
                 seconds[name] = time.perf_counter() - t0
             embeddings |= got
             print(f"seed {seed}: {model} in {time.perf_counter() - t0:.0f} s", flush=True)
+        if {"rvi_rna", "atac_lsi"} <= set(embeddings):
+            side = [embeddings[k] / embeddings[k].std(axis=0).mean() for k in ("rvi_rna", "atac_lsi")]
+            embeddings["rvi_rna+atac_lsi"] = np.hstack(side)
+        labels = mdata["rna"].obs["cell_type"]
+        accuracy = {name: knn_label_accuracy(z, labels, seed=seed) for name, z in embeddings.items()}
         res = scib_benchmark(
             mdata["rna"],
             embeddings,
@@ -209,12 +235,14 @@ def main(argv=None) -> None:
         )
         res = res.reset_index()
         res.insert(0, "seed", seed)
+        res["kNN label accuracy"] = res["embedding"].map(accuracy)
         res["train_seconds"] = res["embedding"].map(seconds)
         res["settings"] = settings
         append_rows(res, args.out)
-        print(res[["embedding", "Bio conservation", "Batch correction", "Total"]].to_string(index=False), flush=True)
+        cols = ["embedding", "Bio conservation", "Batch correction", "Total", "kNN label accuracy"]
+        print(res[cols].to_string(index=False), flush=True)
     table = pd.read_csv(args.out)
-    summary = table.groupby("embedding")[["Bio conservation", "Batch correction", "Total"]].mean()
+    summary = table.groupby("embedding")[["Bio conservation", "Batch correction", "Total", "kNN label accuracy"]].mean()
     print(f"\nmean of seeds {sorted(table['seed'].unique())} ({settings}):")
     print(summary.sort_values("Total", ascending=False).round(4).to_string())
     plot(table, args.out.with_suffix(".png"))

@@ -132,7 +132,8 @@ def test_chromatin_only_subtypes_separate_in_the_joint_latent_only():
     apart, the RNA-only model cannot (near the majority rate), and the attribution gives those cells a larger
     ATAC share than the cells of the pair that differs only in RNA. One library: with several, subtype
     composition differs between libraries and a latent that keeps any library signal beats chance on it."""
-    from rvi.stages.report import _knn_pair_accuracy, atac_share
+    from rvi.metrics import knn_label_accuracy
+    from rvi.stages.report import atac_share
 
     scvi.settings.seed = 0
     mdata = simulate_multiome(
@@ -151,8 +152,8 @@ def test_chromatin_only_subtypes_separate_in_the_joint_latent_only():
     chrom = np.isin(types, list(sim["atac_only_pairs"].iloc[0]))
     rna_distinct = np.isin(types, list(sim["rna_only_pairs"].iloc[0]))
     majority = max(np.unique(types[chrom], return_counts=True)[1]) / chrom.sum()
-    acc_joint = _knn_pair_accuracy(joint.get_latent_representation()[chrom], types[chrom])
-    acc_rna = _knn_pair_accuracy(rna_only.get_latent_representation()[chrom], types[chrom])
+    acc_joint = knn_label_accuracy(joint.get_latent_representation()[chrom], types[chrom])
+    acc_rna = knn_label_accuracy(rna_only.get_latent_representation()[chrom], types[chrom])
     cells = np.flatnonzero(chrom | rna_distinct)
     share = atac_share(joint.get_modality_attribution(indices=cells)).to_numpy()
     share_chrom, share_rna = np.median(share[chrom[cells]]), np.median(share[rna_distinct[cells]])

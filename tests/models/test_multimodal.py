@@ -59,12 +59,36 @@ def test_joint_latent_layout_and_defaults():
     z = model.get_latent_representation()
     parts = model.get_modality_latents()
     assert z.shape == (120, 8)
-    np.testing.assert_array_equal(z, np.concatenate([parts["atac"], parts["rna"]], axis=1))
+    # the joint representation halves the ATAC slice by default; the slices (and weighted=False) are z itself
+    assert model.joint_latent_weights == {"atac": 0.5, "rna": 1.0}
+    np.testing.assert_allclose(z, np.concatenate([0.5 * parts["atac"], parts["rna"]], axis=1))
+    raw = model.get_latent_representation(weighted=False)
+    np.testing.assert_array_equal(raw, np.concatenate([parts["atac"], parts["rna"]], axis=1))
     assert parts["atac"].shape[1] == 3 and parts["rna"].shape[1] == 5
     norm = model.get_normalized_expression(modality="atac")
     assert list(norm.columns[:2]) == ["r0", "r1"]
     with pytest.raises(ValueError, match="several modalities"):
         model.get_normalized_expression()
+
+
+def test_joint_latent_weights_scale_only_the_named_slices(tmp_path):
+    model = _model(joint_latent_weights={"rna": 2.0})  # a dict names some modalities; the others get 1
+    assert model.joint_latent_weights == {"atac": 1.0, "rna": 2.0}
+    model.train(max_epochs=1, batch_size=60)
+    raw = model.get_latent_representation(weighted=False)
+    z = model.get_latent_representation()
+    np.testing.assert_allclose(z[:, :3], raw[:, :3])
+    np.testing.assert_allclose(z[:, 3:], 2.0 * raw[:, 3:], rtol=1e-6)
+    np.testing.assert_allclose(model.get_modality_latents()["rna"], raw[:, 3:])
+    model.save(tmp_path / "m", overwrite=True)
+    loaded = RegularizedMultimodalVI.load(tmp_path / "m", adata=model.adata)
+    assert loaded.joint_latent_weights == {"atac": 1.0, "rna": 2.0}
+    np.testing.assert_allclose(loaded.get_latent_representation(), z, rtol=1e-5, atol=1e-6)
+    assert _model(joint_latent_weights=1).joint_latent_weights == {"atac": 1.0, "rna": 1.0}
+    with pytest.raises(ValueError, match=r"joint_latent_weights\['atac'\] must be a positive number, got 0"):
+        _model(joint_latent_weights={"atac": 0})
+    with pytest.raises(ValueError, match="unknown modalities"):
+        _model(joint_latent_weights={"protein": 0.5})
 
 
 def test_cells_missing_a_modality_are_masked():

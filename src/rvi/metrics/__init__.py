@@ -11,13 +11,14 @@ from .neighbourhood import (
     random_knn_graph,
     select_marker_genes,
 )
-from .scib import batch_mixing_score, pca_baseline, scib_benchmark, stratified_subsample
+from .scib import batch_mixing_score, knn_label_accuracy, pca_baseline, scib_benchmark, stratified_subsample
 
 __all__ = [
     "NeighbourhoodResult",
     "batch_mixing_score",
     "integration_failure_rate",
     "knn_connectivities",
+    "knn_label_accuracy",
     "load_marker_table",
     "neighbour_masks",
     "neighbourhood_benchmark",

@@ -274,6 +274,19 @@ def stratified_subsample(
 # --------------------------------------------------------------------------------------------------
 # label-free batch mixing
 # --------------------------------------------------------------------------------------------------
+def knn_label_accuracy(embedding: np.ndarray, labels, k: int = 15, folds: int = 5, seed: int = 0) -> float:
+    """Stratified ``folds``-fold cross-validated kNN (``k``) accuracy of predicting ``labels`` from the
+    embedding: how much label information it holds, supervised, whatever its geometry does to clustering."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    labels = np.asarray(labels).astype(str)
+    if len(labels) != len(embedding):
+        raise ValueError(f"knn_label_accuracy: {len(embedding)} cells in the embedding but {len(labels)} labels.")
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(KNeighborsClassifier(k), embedding, labels, cv=cv).mean())
+
+
 def batch_mixing_score(embedding: np.ndarray, batch, k: int = 15, n_jobs: int = 1) -> float:
     """Label-free batch mixing: mean normalised entropy of batch labels among each cell's k neighbours.
 

@@ -239,15 +239,6 @@ def _excluded_pair_rows(gt, ann, cells, levels, excluded_types) -> list[dict]:
     ]
 
 
-def _knn_pair_accuracy(latent: np.ndarray, labels: np.ndarray, k: int = 15, seed: int = 0) -> float:
-    """5-fold cross-validated kNN accuracy of telling two subtypes apart (chance 0.5 for balanced pairs)."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.neighbors import KNeighborsClassifier
-
-    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
-    return float(cross_val_score(KNeighborsClassifier(k), latent, labels, cv=folds).mean())
-
-
 def atac_share(attribution: pd.DataFrame) -> pd.Series:
     """Per cell: the ATAC block's share of the decoder-balanced Jacobian energy, frob_atac^2 / sum_b frob_b^2."""
     blocks = [c for c in attribution.columns if c.startswith("frob_") and "_decoder_" not in c]
@@ -294,6 +285,8 @@ def multimodal_rows(
         )
     if pairs is None:
         return rows
+    from rvi.metrics.scib import knn_label_accuracy
+
     singlet = ~gt["is_doublet"].reindex(cells).fillna(False).astype(bool).to_numpy()
     types = gt["cell_type"].reindex(cells).astype(str).to_numpy()
     share = atac_share(attribution).reindex(cells).to_numpy() if attribution is not None else None
@@ -306,7 +299,7 @@ def multimodal_rows(
                 shares.setdefault(kind, []).append(share[sel])
             if kind != "chromatin_only" or len(np.unique(types[sel])) < 2:
                 continue
-            joint, rna_only = (_knn_pair_accuracy(z[sel], types[sel]) for z in (z_mm, z_rna))
+            joint, rna_only = (knn_label_accuracy(z[sel], types[sel]) for z in (z_mm, z_rna))
             rows.append(
                 {
                     "check": f"chromatin_only_pair_accuracy_{a}_{b}",
