@@ -312,7 +312,7 @@ REGISTRY: tuple[Stage, ...] = (
         notebook_inputs={
             **{
                 k: _MULTIMODAL_MODEL[k]
-                for k in ("umap", "leiden", "metrics", "attribution", "history", "modality_latents")
+                for k in ("latent", "umap", "leiden", "metrics", "attribution", "history", "modality_latents")
             },
             "annotation": "annotation.csv",
             "rna_latent": _RNA_MODEL["latent"],
