@@ -217,7 +217,6 @@ class RegularizedVAE(BaseModuleClass):
         hidden_l1_weight: float = 0.0,
         decoder_l1_weight: float = 0.0,
         n_latent_shared: int = 0,
-        encoder_reads: dict | None = None,
     ):
         super().__init__()
         if latent_prior not in LATENT_PRIORS:
@@ -240,7 +239,6 @@ class RegularizedVAE(BaseModuleClass):
         self.modality_names = [m.name for m in self.modalities]
         self.modality_config = {m.name: m for m in self.modalities}
         self.encoder_input = resolve_encoder_inputs(encoder_input, self.modality_names)
-        self.encoder_reads = {m: sorted((encoder_reads or {}).get(m, [m])) for m in self.modality_names}
         for m in self.modalities:  # idf is a data statistic: a buffer, saved with the weights, never trained
             if self.encoder_input[m.name] == "tfidf":
                 if m.idf is None or len(m.idf) != m.n_features:
@@ -273,10 +271,9 @@ class RegularizedVAE(BaseModuleClass):
             elif latent_prior == "horseshoe":
                 self.latent_prior[m.name] = HorseshoeLatentPrior(m.n_latent, horseshoe_tau0)
             n_in = m.n_features + n_continuous_cov
-            n_in_z = sum(self.modality_config[r].n_features for r in self.encoder_reads[m.name]) + n_continuous_cov
             c = float(torch.log(torch.tensor(m.centering_sensitivity)))
             self.encoders[m.name] = GaussianEncoder(
-                n_in_z,
+                n_in,
                 m.n_latent + n_latent_shared,
                 m.n_hidden,
                 m.n_layers,
@@ -381,13 +378,11 @@ class RegularizedVAE(BaseModuleClass):
         out["total"] = {}
         # product of experts for the shared slice: the prior's precision 1 plus each present modality's
         shared_precision, shared_weighted_mean = 1.0, 0.0
-        hs = {m.name: self._encoder_input(x[m.name], x[m.name].sum(-1), None, m.name) for m in self.modalities}
         for m in self.modalities:
             xm = x[m.name]
             total = xm.sum(-1)
-            h = hs[m.name] if cont is None else torch.cat([hs[m.name], cont], dim=-1)
-            h_z = torch.cat([hs[r] for r in self.encoder_reads[m.name]] + ([] if cont is None else [cont]), dim=-1)
-            qm, qv = self.encoders[m.name](h_z, enc_cat)
+            h = self._encoder_input(xm, total, cont, m.name)
+            qm, qv = self.encoders[m.name](h, enc_cat)
             if self.n_latent_shared:
                 present = (total > 0).to(qm.dtype)[:, None]
                 expert_precision = present / qv[:, m.n_latent :]
