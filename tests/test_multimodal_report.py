@@ -68,6 +68,9 @@ def test_multimodal_rows_compare_with_the_rna_latent():
     assert acc["value"] >= 0.9 and acc["passed"] and acc["n"] == 200
     rna_acc = float(acc["detail"].split("RNA model's latent ")[1].split()[0])
     assert rna_acc < 0.7
+    true_type = by["multimodal_true_type_accuracy"]  # 4 types: the RNA latent confuses C1 and C2
+    assert true_type["value"] > 0.95 and true_type["threshold"] < 0.85 and true_type["passed"]
+    assert true_type["n"] == len(obs)
     mixing = by["multimodal_batch_mixing_dataset"]
     assert 0.5 < mixing["threshold"] <= 1 and mixing["passed"] and "RNA model" in mixing["detail"]
     share = by["chromatin_only_atac_share"]

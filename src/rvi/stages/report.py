@@ -259,7 +259,8 @@ def multimodal_rows(
     threads: int = 1,
 ) -> list[dict]:
     """The multimodal latent beside the RNA model's on the same cells: batch mixing by library and dataset
-    (check: multimodal >= RNA), kNN accuracy within each chromatin-only subtype pair (check: joint >= 0.9)
+    (check: multimodal >= RNA), kNN accuracy of the true cell type over every singlet (check: multimodal >=
+    RNA), kNN accuracy within each chromatin-only subtype pair (check: joint >= 0.9)
     and the ATAC share of the attribution on those cells vs the RNA-only pairs' cells."""
     from rvi.metrics import batch_mixing_score
 
@@ -283,12 +284,26 @@ def multimodal_rows(
                 "detail": f"RNA model {rn:.3f} on the same cells (threshold; passes within 0.02)",
             }
         )
-    if pairs is None:
-        return rows
     from rvi.metrics.scib import knn_label_accuracy
 
-    singlet = ~gt["is_doublet"].reindex(cells).fillna(False).astype(bool).to_numpy()
+    doublet = gt["is_doublet"] if "is_doublet" in gt else pd.Series(False, index=gt.index)
+    singlet = ~doublet.reindex(cells).fillna(False).astype(bool).to_numpy()
     types = gt["cell_type"].reindex(cells).astype(str).to_numpy()
+    if len(np.unique(types[singlet])) > 1 and np.unique(types[singlet], return_counts=True)[1].min() >= 5:
+        joint, rna_only = (knn_label_accuracy(z[singlet], types[singlet]) for z in (z_mm, z_rna))
+        rows.append(
+            {
+                "check": "multimodal_true_type_accuracy",
+                "value": joint,
+                "threshold": rna_only,
+                "passed": joint >= rna_only - 0.02,
+                "n": int(singlet.sum()),
+                "detail": f"5-fold kNN (k=15) of the true cell type, every singlet; RNA model {rna_only:.3f} "
+                "(threshold; passes within 0.02)",
+            }
+        )
+    if pairs is None:
+        return rows
     share = atac_share(attribution).reindex(cells).to_numpy() if attribution is not None else None
     shares = {}
     for kind in ("chromatin_only", "rna_only"):
