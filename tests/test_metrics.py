@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from rvi.metrics import (
     batch_mixing_score,
     integration_failure_rate,
+    knn_label_accuracy,
     load_marker_table,
     neighbour_masks,
     neighbourhood_benchmark,
@@ -217,3 +218,13 @@ def test_integration_failure_rate():
     # Eligible cells: best model > 0.4 -> cells 0 and 1.
     assert rate["good"] == 0.0
     assert rate["bad"] == 1.0
+
+
+def test_knn_label_accuracy_reads_label_information_not_chance():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a", "b", "c"], 60)
+    separated = rng.normal(size=(180, 4)) + 4.0 * np.eye(4)[np.repeat([0, 1, 2], 60)]
+    assert knn_label_accuracy(separated, labels) > 0.95
+    assert knn_label_accuracy(rng.normal(size=(180, 4)), labels) < 0.55  # chance is 1/3
+    with pytest.raises(ValueError, match="180 cells in the embedding but 179 labels"):
+        knn_label_accuracy(separated, labels[:-1])

@@ -272,7 +272,7 @@ def stratified_subsample(
 
 
 # --------------------------------------------------------------------------------------------------
-# label-free batch mixing
+# supervised label probe
 # --------------------------------------------------------------------------------------------------
 def knn_label_accuracy(embedding: np.ndarray, labels, k: int = 15, folds: int = 5, seed: int = 0) -> float:
     """Stratified ``folds``-fold cross-validated kNN (``k``) accuracy of predicting ``labels`` from the
@@ -287,6 +287,9 @@ def knn_label_accuracy(embedding: np.ndarray, labels, k: int = 15, folds: int = 
     return float(cross_val_score(KNeighborsClassifier(k), embedding, labels, cv=cv).mean())
 
 
+# --------------------------------------------------------------------------------------------------
+# label-free batch mixing
+# --------------------------------------------------------------------------------------------------
 def batch_mixing_score(embedding: np.ndarray, batch, k: int = 15, n_jobs: int = 1) -> float:
     """Label-free batch mixing: mean normalised entropy of batch labels among each cell's k neighbours.
 

@@ -347,9 +347,10 @@ class RVIModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             out.append(inf["z"].cpu())
         z = torch.cat(out).numpy()
         if weighted:
+            blocks = self.module.latent_blocks()
             for name, weight in self._slice_weights().items():
                 if weight != 1.0:
-                    z[:, self.module.latent_blocks()[name]] *= weight
+                    z[:, blocks[name]] *= weight
         if active_only:
             z = z[:, self.get_active_latent_dims(adata, indices, batch_size=batch_size)]
         return z

@@ -289,7 +289,8 @@ def multimodal_rows(
     doublet = gt["is_doublet"] if "is_doublet" in gt else pd.Series(False, index=gt.index)
     singlet = ~doublet.reindex(cells).fillna(False).astype(bool).to_numpy()
     types = gt["cell_type"].reindex(cells).astype(str).to_numpy()
-    if len(np.unique(types[singlet])) > 1 and np.unique(types[singlet], return_counts=True)[1].min() >= 5:
+    type_counts = np.unique(types[singlet], return_counts=True)[1]
+    if len(type_counts) > 1 and type_counts.min() >= 5:  # 5-fold stratified CV needs 5 cells per type
         joint, rna_only = (knn_label_accuracy(z[singlet], types[singlet]) for z in (z_mm, z_rna))
         rows.append(
             {
